@@ -1,0 +1,216 @@
+"""Building blocks shared by the U-Net, the ControlNet, the VAE and CLIP, written to match diffusers.
+
+Every module takes images as (B, H, W, C) (NHWC) and token sequences as (B, L, C). Parameters are float32;
+`dtype` is the compute dtype. Module attribute names follow diffusers' (norm1, conv1, time_emb_proj, to_q, ...)
+so that the explicit name maps in `editdiff.interop` read one to one.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = jnp.dtype
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
+           dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
+    """A square convolution with PyTorch's explicit symmetric `padding` (not XLA's 'SAME').
+
+    'SAME' pads a stride-2 3x3 conv on an even input (0, 1) where torch pads (1, 1); explicit padding keeps
+    the two frameworks numerically identical.
+    """
+    return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
+                    padding=((padding, padding), (padding, padding)), dtype=dtype, rngs=rngs)
+
+
+def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    """torch.nn.GroupNorm(groups, channels, eps) over the last axis; statistics in float32 whatever `dtype`."""
+    # The two-pass variance (E[(x - mean)^2]) matches torch to float32 rounding; the fast one-pass form does not.
+    return nnx.GroupNorm(channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                          implementation: str | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(head_dim)) v for (B, Lq, heads, head_dim) queries and (B, Lk, heads, head_dim)
+    keys / values; returns (B, Lq, heads, head_dim) in the query's dtype.
+
+    The one attention primitive of the project. Logits and softmax are computed in float32 for any input
+    dtype (what diffusers' `upcast_attention` / `upcast_softmax` ask for). `implementation` is passed to
+    `jax.nn.dot_product_attention`: None lets XLA choose, "cudnn" selects the fused flash kernel on GPU.
+    """
+    return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+
+
+class Attention(nnx.Module):
+    """diffusers' `Attention`: multi-head attention of (B, L, query_dim) tokens over themselves or over a
+    context (B, S, context_dim); returns (B, L, query_dim).
+
+    to_q / to_k / to_v (bias only if `qkv_bias`, as in the VAE's attention) and the to_out projection (bias).
+    """
+
+    def __init__(self, query_dim: int, *, heads: int, head_dim: int, context_dim: int | None = None,
+                 qkv_bias: bool = False, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        inner_dim = heads * head_dim
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nnx.Linear(query_dim, inner_dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.to_k = nnx.Linear(context_dim, inner_dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.to_v = nnx.Linear(context_dim, inner_dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.to_out = nnx.Linear(inner_dim, query_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        split_heads = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
+        out = dot_product_attention(split_heads(self.to_q(x)), split_heads(self.to_k(context)),
+                                    split_heads(self.to_v(context)))
+        return self.to_out(out.reshape(*out.shape[:2], -1))
+
+
+class SpatialSelfAttention(nnx.Module):
+    """Self-attention over the H*W positions of an image, as in the VAE / `UNetMidBlock2D` attention:
+    x + to_out(attention(group_norm(x))) divided by `rescale_output_factor`; (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self, channels: int, *, head_dim: int, groups: int, eps: float, rescale_output_factor: float = 1.0,
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.rescale_output_factor = rescale_output_factor
+        self.group_norm = group_norm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
+        self.attention = Attention(channels, heads=channels // head_dim, head_dim=head_dim, qkv_bias=True,
+                                   dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        tokens = self.group_norm(x).reshape(b, h * w, c)
+        out = self.attention(tokens).reshape(b, h, w, c)
+        return (x + out) / self.rescale_output_factor
+
+
+class FeedForward(nnx.Module):
+    """The transformer feed-forward with a GEGLU gate: proj_out(a * gelu(g)), [a, g] = proj_in(x);
+    (B, L, dim) -> (B, L, dim_out). gelu is the exact (erf) form, as torch's default.
+    """
+
+    def __init__(self, dim: int, *, dim_out: int | None = None, mult: int = 4, dtype: Dtype = jnp.float32,
+                 rngs: nnx.Rngs):
+        inner_dim = dim * mult
+        self.proj_in = nnx.Linear(dim, 2 * inner_dim, dtype=dtype, rngs=rngs)
+        self.proj_out = nnx.Linear(inner_dim, dim if dim_out is None else dim_out, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden, gate = jnp.split(self.proj_in(x), 2, axis=-1)
+        return self.proj_out(hidden * jax.nn.gelu(gate, approximate=False))
+
+
+class ResnetBlock2D(nnx.Module):
+    """diffusers' ResnetBlock2D ("default" time-embedding norm), (B, H, W, in) -> (B, H, W, out):
+
+        h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb))[:, None, None]
+        h = conv2(silu(norm2(h)))
+        out = (shortcut(x) + h) / output_scale_factor
+
+    `temb_channels=None` (the VAE) builds no time projection; shortcut is a 1x1 conv when in != out.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, temb_channels: int | None,
+                 groups: int = 32, groups_out: int | None = None, eps: float = 1e-6,
+                 output_scale_factor: float = 1.0, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        out_channels = in_channels if out_channels is None else out_channels
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = group_norm(in_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
+        self.conv1 = conv2d(in_channels, out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.time_emb_proj = (None if temb_channels is None
+                              else nnx.Linear(temb_channels, out_channels, dtype=dtype, rngs=rngs))
+        self.norm2 = group_norm(out_channels, groups=groups if groups_out is None else groups_out, eps=eps,
+                                dtype=dtype, rngs=rngs)
+        self.conv2 = conv2d(out_channels, out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.conv_shortcut = (conv2d(in_channels, out_channels, 1, dtype=dtype, rngs=rngs)
+                              if in_channels != out_channels else None)
+
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        if self.time_emb_proj is not None:
+            if temb is None:
+                raise ValueError("ResnetBlock2D built with temb_channels needs a time embedding `temb` (B, D)")
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return (shortcut + h) / self.output_scale_factor
+
+
+class Downsample2D(nnx.Module):
+    """Halves H and W with a 3x3 stride-2 conv; (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out).
+
+    `padding` is diffusers' argument: 1 pads every side by one (the U-Net); 0 is the VAE's variant, which pads
+    only bottom and right by one before an unpadded conv.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, *, padding: int = 1,
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        if padding not in (0, 1):
+            raise ValueError(f"Downsample2D padding={padding!r}: allowed 1 (symmetric) or 0 (bottom/right pad)")
+        self.asymmetric_pad = padding == 0
+        self.conv = conv2d(channels, channels if out_channels is None else out_channels, 3, stride=2,
+                           padding=padding, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.asymmetric_pad:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return self.conv(x)
+
+
+def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Nearest-neighbour resize of (B, H, W, C) to (B, *size, C) with torch's index rule floor(i * in / out).
+
+    jax.image.resize uses half-pixel centres instead, which picks other pixels when out/in is not an integer
+    (odd latent sizes, where diffusers passes the skip connection's size).
+    """
+    (_, h, w, _), (out_h, out_w) = x.shape, size
+    if (out_h, out_w) == (2 * h, 2 * w):
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    rows = (jnp.arange(out_h) * h) // out_h
+    cols = (jnp.arange(out_w) * w) // out_w
+    return x[:, rows][:, :, cols]
+
+
+class Upsample2D(nnx.Module):
+    """Nearest x2 (or to `output_size`) followed by a 3x3 conv; (B, H, W, C) -> (B, 2H, 2W, out)."""
+
+    def __init__(self, channels: int, out_channels: int | None = None, *, dtype: Dtype = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.conv = conv2d(channels, channels if out_channels is None else out_channels, 3, padding=1,
+                           dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
+        size = (2 * x.shape[1], 2 * x.shape[2]) if output_size is None else tuple(output_size)
+        return self.conv(upsample_nearest(x, size))
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float,
+                       max_period: float = 10000.0) -> jax.Array:
+    """diffusers' `get_timestep_embedding`: (B,) timesteps -> (B, dim) float32 sinusoids.
+
+    Frequencies exp(-log(max_period) * i / (dim/2 - freq_shift)), i < dim/2; [sin, cos] ([cos, sin] if
+    `flip_sin_to_cos`); an odd `dim` gets a zero last column.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    angles = jnp.asarray(timesteps, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nnx.Module):
+    """The time MLP: linear_2(silu(linear_1(emb))); (B, in_dim) -> (B, embed_dim)."""
+
+    def __init__(self, in_dim: int, embed_dim: int, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.linear_1 = nnx.Linear(in_dim, embed_dim, dtype=dtype, rngs=rngs)
+        self.linear_2 = nnx.Linear(embed_dim, embed_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, emb: jax.Array) -> jax.Array:
+        return self.linear_2(jax.nn.silu(self.linear_1(emb)))
