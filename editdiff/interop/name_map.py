@@ -56,6 +56,24 @@ class Rule:
     layout: Layout = Layout.SAME
 
 
+def conv_rules(flax_path: FlaxPath, torch_prefix: str) -> list[Rule]:
+    """An nnx.Conv (kernel, bias) <-> a torch Conv2d (`prefix.weight`, `prefix.bias`)."""
+    return [Rule((*flax_path, "kernel"), f"{torch_prefix}.weight", Layout.CONV),
+            Rule((*flax_path, "bias"), f"{torch_prefix}.bias")]
+
+
+def dense_rules(flax_path: FlaxPath, torch_prefix: str, *, bias: bool = True,
+                layout: Layout = Layout.LINEAR) -> list[Rule]:
+    """An nnx.Linear <-> a torch Linear (or, with Layout.LINEAR_FROM_CONV1X1, a 1x1 Conv2d)."""
+    rules = [Rule((*flax_path, "kernel"), f"{torch_prefix}.weight", layout)]
+    return rules + [Rule((*flax_path, "bias"), f"{torch_prefix}.bias")] if bias else rules
+
+
+def norm_rules(flax_path: FlaxPath, torch_prefix: str) -> list[Rule]:
+    """An nnx GroupNorm / LayerNorm (scale, bias) <-> torch's (`prefix.weight`, `prefix.bias`)."""
+    return [Rule((*flax_path, "scale"), f"{torch_prefix}.weight"), Rule((*flax_path, "bias"), f"{torch_prefix}.bias")]
+
+
 def flax_params(model: nnx.Module) -> dict[FlaxPath, nnx.Variable]:
     """The model's nnx.Param variables by path."""
     return {tuple(path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -75,6 +93,8 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
                     source: str, ignore: Iterable[str] = ()) -> None:
     """Writes `state_dict` into `model`'s parameters in place, converting layouts per rule.
 
+    `model` may be abstract (built under nnx.eval_shape): every parameter is then replaced by a concrete array.
+
     `ignore` names PyTorch keys that may be present and are deliberately unused (non-persistent buffers that
     old checkpoints still carry). Raises CheckpointError naming `source` with every missing, unexpected and
     mis-shaped key before any parameter is changed.
@@ -90,7 +110,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
         if rule.torch_key not in state_dict:
             continue
         value = rule.layout.to_flax(np.asarray(state_dict[rule.torch_key]))
-        expected = tuple(params[rule.flax_path][...].shape)
+        expected = tuple(params[rule.flax_path].get_value().shape)
         if value.shape != expected:
             misshaped.append(f"{rule.torch_key}: file {tuple(state_dict[rule.torch_key].shape)} "
                              f"-> {value.shape}, model {expected}")
@@ -107,7 +127,8 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
         raise CheckpointError("\n".join(lines))
     for path, value in converted.items():
         var = params[path]
-        var[...] = jnp.asarray(value, dtype=var[...].dtype)
+        # set_value (not var[...] =) also fills an abstract model from nnx.eval_shape, which skips random init.
+        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
 
 
 def export_state_dict(model: nnx.Module, rules: list[Rule]) -> dict[str, np.ndarray]:
