@@ -1,0 +1,184 @@
+"""`train_and_evaluate`: the method-agnostic training loop.
+
+Order of a run: validate the config (before anything compiles), build the mesh, the method's model and the
+train state (restored from the workdir's newest readable checkpoint, else fresh), then for each step: this
+host's batch -> global batch -> jitted step -> finite-loss check -> metrics, checkpoint, hooks, stop request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from editdiff.methods.base import Method
+from editdiff.train import mesh as mesh_lib
+from editdiff.train.checkpoint import Checkpointer, write_config_json
+from editdiff.train.config import validate_train_config
+from editdiff.train.hooks import PeriodicHooks, TrainView
+from editdiff.train.optimizer import create_optimizer, learning_rate_schedule
+from editdiff.train.preemption import StopRequest
+from editdiff.train.state import init_train_state, split_model
+from editdiff.train.step import jit_train_step, make_train_step
+
+# (data_config, *, start_step, process_index, process_count) -> iterator of dicts of numpy arrays, this
+# host's slice of the batch; batch k is a pure function of (seed, k).
+TrainIteratorFactory = Callable[..., Iterator[Mapping[str, np.ndarray]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped without saving that state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOutcome:
+    """How a call ended: the last completed step, and whether it stopped early on a stop request."""
+
+    step: int
+    preempted: bool
+
+
+def method_from_config(config: ml_collections.ConfigDict) -> Method:
+    """The method named by `config.method`: module `editdiff.methods.<name>` and its class `METHOD`."""
+    name = config.get("method")
+    try:
+        module = importlib.import_module(f"editdiff.methods.{name}")
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"config.method = {name!r} is invalid; allowed: the name of a module in editdiff.methods"
+        ) from error
+    return module.METHOD(config)
+
+
+def _default_train_iterator_factory() -> TrainIteratorFactory:
+    import input_pipeline  # the data package is only needed when the caller brings no batch source
+
+    return input_pipeline.create_train_iterator
+
+
+def _abstract_with_sharding(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _is_due(step: int, every: int, last_step: int) -> bool:
+    return step == last_step or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    method: Method | None = None,
+    create_train_iterator: TrainIteratorFactory | None = None,
+    hooks: Sequence[PeriodicHooks] = (),
+) -> TrainOutcome:
+    """Trains `config.train.num_steps` steps in `workdir`, resuming from its checkpoints.
+
+    method: defaults to the one named by `config.method`. create_train_iterator: defaults to
+    `input_pipeline.create_train_iterator`; called with `config.data`. Returns after the last step, or early
+    (preempted=True) on SIGTERM / preemption with a checkpoint of the last completed step. Raises ValueError
+    for an invalid config before anything compiles, NonFiniteLossError naming the step when the loss is not
+    finite (the newest checkpoint on disk stays the last good one).
+    """
+    validate_train_config(config)
+    if config.distributed.initialize:
+        jax.distributed.initialize()
+    method = method or method_from_config(config)
+    create_train_iterator = create_train_iterator or _default_train_iterator_factory()
+    train_config = config.train
+    mesh = mesh_lib.create_mesh(config.mesh)
+    is_chief = jax.process_index() == 0
+    write_config_json(config, workdir)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+    graphdef, params, frozen = split_model(method.init_model(nnx.Rngs(config.seed)), method.trainable)
+    parameter_overview.log_parameter_overview(nnx.to_pure_dict(params), msg="Trainable parameters")
+    if jax.tree.leaves(frozen):
+        parameter_overview.log_parameter_overview(nnx.to_pure_dict(frozen), msg="Frozen parameters")
+
+    optimizer = create_optimizer(train_config)
+    abstract_state = jax.eval_shape(lambda p: init_train_state(p, optimizer), params)
+    state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.mesh.fsdp_min_size)
+    frozen_sharding = mesh_lib.state_sharding(mesh, frozen, config.mesh.fsdp_min_size)
+    frozen = jax.device_put(frozen, frozen_sharding)
+
+    checkpointer = Checkpointer(
+        workdir, keep=train_config.keep_checkpoints, every=train_config.checkpoint_every,
+        async_save=train_config.async_checkpointing,
+    )
+    state = checkpointer.restore_latest(_abstract_with_sharding(abstract_state, state_sharding))
+    if state is None:
+        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_sharding)(params)
+    del params  # the train state owns the trainable parameters from here on
+    start_step = int(state.step)
+    logging.info("Training steps %d..%d on mesh %s", start_step + 1, train_config.num_steps, dict(mesh.shape))
+
+    train_step = jit_train_step(
+        make_train_step(method, graphdef, optimizer, seed=config.seed, ema_decay=train_config.ema_decay),
+        state_sharding=state_sharding,
+        frozen_sharding=frozen_sharding,
+        batch_sharding=mesh_lib.batch_sharding(mesh),
+        replicated=NamedSharding(mesh, PartitionSpec()),
+    )
+    batches = create_train_iterator(
+        config.data, start_step=start_step, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    schedule = learning_rate_schedule(train_config)
+    progress = [periodic_actions.ReportProgress(num_train_steps=train_config.num_steps, writer=writer)]
+    if is_chief and train_config.profile_steps:
+        progress.append(periodic_actions.Profile(num_profile_steps=train_config.profile_steps, logdir=workdir))
+
+    last_step = train_config.num_steps
+    interval_metrics: list[dict[str, float]] = []
+    step = start_step
+    try:
+        with StopRequest(enabled=jax.process_count() == 1) as stop_request:
+            while step < last_step:
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    batch = mesh_lib.global_batch(mesh, next(batches))
+                    state, metrics = train_step(state, frozen, batch)
+                step += 1
+                metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+                if not math.isfinite(metrics["loss"]):
+                    raise NonFiniteLossError(
+                        f"Loss is {metrics['loss']} at step {step}; training stopped without saving this state. "
+                        f"The newest checkpoint in {checkpointer.directory} (step {checkpointer.latest_step()}) "
+                        "is the last good one."
+                    )
+                for action in progress:
+                    action(step)
+                interval_metrics.append(metrics)
+                if _is_due(step, train_config.log_every, last_step):
+                    mean = {name: float(np.mean([m[name] for m in interval_metrics])) for name in metrics}
+                    mean["learning_rate"] = float(schedule(step // train_config.grad_accum_steps))
+                    writer.write_scalars(step, mean)
+                    for hook in hooks:
+                        hook.on_metrics(step, mean)
+                    interval_metrics = []
+                checkpointer.save(step, state, force=step == last_step)
+                if hooks and (_is_due(step, train_config.sample_every, last_step)
+                              or _is_due(step, train_config.eval_every, last_step)):
+                    view = TrainView(step, method, workdir, writer, graphdef, state, frozen)
+                    for hook in hooks:
+                        if _is_due(step, train_config.sample_every, last_step):
+                            hook.on_sample(view, batch)
+                        if _is_due(step, train_config.eval_every, last_step):
+                            hook.on_eval(view)
+                if step < last_step and (stop_request.requested or checkpointer.reached_preemption(step)):
+                    checkpointer.save(step, state, force=True)
+                    logging.warning("Stopped at step %d on request; checkpoint saved in %s.", step,
+                                    checkpointer.directory)
+                    return TrainOutcome(step=step, preempted=True)
+        return TrainOutcome(step=step, preempted=False)
+    finally:
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        writer.flush()
