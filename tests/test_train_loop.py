@@ -150,10 +150,13 @@ def test_only_trainable_parameters_change_and_hold_optimizer_state(reference):
     assert not np.allclose(trained.head.layers[0].kernel[...], initial.head.layers[0].kernel[...])
 
 
-def test_sharded_run_matches_one_device(reference, tmp_path):
+def test_sharded_run_matches_one_device_and_profiles(reference, tmp_path):
     assert jax.device_count() == 8
-    outcome, recorder = run(tiny_config(data=4, fsdp=2), tmp_path)
+    config = tiny_config(data=4, fsdp=2)
+    config.train.profile_steps = 1
+    outcome, recorder = run(config, tmp_path)
     assert outcome.step == NUM_STEPS
+    assert os.listdir(tmp_path / "plugins" / "profile")
     expected = reference[2]
     np.testing.assert_allclose(list(recorder.column("loss").values()),
                                list(expected.column("loss").values()), rtol=1e-5)
@@ -214,7 +217,7 @@ class MustNotBuild(TinyRegression):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("train.schedule", "linear", r"config\.train\.schedule = 'linear' is invalid; allowed: one of 'constant', 'cosine'"),
+    ("train.schedule", "linear", r"config\.train\.schedule = 'linear' is invalid; allowed: one of 'constant'"),
     ("train.num_steps", 0, r"config\.train\.num_steps = 0 is invalid; allowed: an integer >= 1"),
     ("mesh.data", 16, r"config\.mesh\.data = 16, config\.mesh\.fsdp = 1 asks for 16 devices"),
 ])

@@ -18,7 +18,8 @@ from editdiff.train.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class TrainView:
-    """A read-only look at the run at one step, for hooks."""
+    """A read-only look at the run at one step, for hooks. Valid only during the hook call: the next
+    step donates the state's buffers."""
 
     step: int
     method: Method

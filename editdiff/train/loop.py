@@ -134,7 +134,11 @@ def train_and_evaluate(
     schedule = learning_rate_schedule(train_config)
     progress = [periodic_actions.ReportProgress(num_train_steps=train_config.num_steps, writer=writer)]
     if is_chief and train_config.profile_steps:
-        progress.append(periodic_actions.Profile(num_profile_steps=train_config.profile_steps, logdir=workdir))
+        # One profile per run, a few steps after the first compile, for exactly profile_steps steps.
+        progress.append(periodic_actions.Profile(
+            logdir=workdir, num_profile_steps=train_config.profile_steps, profile_duration_ms=None,
+            first_profile=start_step + 5, every_steps=None, every_secs=None,
+        ))
 
     last_step = train_config.num_steps
     interval_metrics: list[dict[str, float]] = []
@@ -158,7 +162,8 @@ def train_and_evaluate(
                 interval_metrics.append(metrics)
                 if _is_due(step, train_config.log_every, last_step):
                     mean = {name: float(np.mean([m[name] for m in interval_metrics])) for name in metrics}
-                    mean["learning_rate"] = float(schedule(step // train_config.grad_accum_steps))
+                    # The rate of the update this step belongs to (with accumulation, possibly still pending).
+                    mean["learning_rate"] = float(schedule((step - 1) // train_config.grad_accum_steps))
                     writer.write_scalars(step, mean)
                     for hook in hooks:
                         hook.on_metrics(step, mean)

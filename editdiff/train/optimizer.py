@@ -2,29 +2,34 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Learning rate as a function of the optimiser update count (micro-steps / grad_accum_steps).
+    """Learning rate of the optimiser update that follows `count` earlier updates (an update is
+    grad_accum_steps micro-steps; warmup_steps and num_steps count micro-steps).
 
-    Linear warm-up from 0 to `learning_rate` over `warmup_steps` micro-steps, then constant, or a cosine
-    decay to 0 at `num_steps`.
+    lr(count) = learning_rate * min(1, (count + 1) / W) * d(count), W = warm-up updates; d = 1 (constant) or
+    the cosine 0.5 * (1 + cos(pi * (count - W) / (T - W))) clipped to [0, 1], T = total updates. The first
+    update already moves (lr / W), and the cosine reaches 0 just after the last update.
     """
     accum = train_config.grad_accum_steps
     warmup = train_config.warmup_steps // accum
     total = train_config.num_steps // accum
     peak = train_config.learning_rate
-    if train_config.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(total, warmup + 1), end_value=0.0
-        )
-    if warmup == 0:
-        return optax.constant_schedule(peak)
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], boundaries=[warmup]
-    )
+    cosine = train_config.schedule == "cosine"
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        rate = peak * jnp.minimum(1.0, (count + 1.0) / max(warmup, 1))
+        if cosine:
+            progress = jnp.clip((count - warmup) / max(total - warmup, 1), 0.0, 1.0)
+            rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return rate
+
+    return schedule
 
 
 def _decay_mask(params):
@@ -57,4 +62,4 @@ def applied_update(optimizer: optax.GradientTransformation, opt_state) -> jax.Ar
     accumulation; on every k-th micro-step with it)."""
     if isinstance(optimizer, optax.MultiSteps):
         return optimizer.has_updated(opt_state)
-    return jax.numpy.asarray(True)
+    return jnp.asarray(True)
