@@ -19,12 +19,13 @@ def build_with_zeros(constructor: Callable[[nnx.Rngs], nnx.Module]) -> nnx.Modul
     return nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
 
 
-def jit_inference(model: nnx.Module) -> Callable:
-    """`model(*args)` as a jitted function of its arguments (compiled once per input shape and dtype)."""
+def jit_inference(model: nnx.Module, **call_options) -> Callable:
+    """`model(*args, **call_options)` as a jitted function of `args` (compiled once per input shape and dtype);
+    `call_options` are fixed Python values such as flags."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def run(state, *args):
-        return nnx.merge(graphdef, state)(*args)
+        return nnx.merge(graphdef, state)(*args, **call_options)
 
     return lambda *args: run(state, *args)
