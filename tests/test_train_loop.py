@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from editdiff.methods.base import Method
+from editdiff.train.build import load_trained_model
 from editdiff.train.checkpoint import Checkpointer
 from editdiff.train.config import default_train_config
 from editdiff.train.hooks import PeriodicHooks
@@ -52,6 +53,9 @@ class TinyRegression(Method):
 
     def sample(self, model, batch, rng):
         return model(batch["x"])
+
+    def dummy_batch(self, batch_size):
+        return {"x": np.zeros((batch_size, FEATURES), np.float32), "y": np.zeros((batch_size, 2), np.float32)}
 
 
 def synthetic_batches(data_config, *, start_step, process_index, process_count):
@@ -150,6 +154,17 @@ def test_only_trainable_parameters_change_and_hold_optimizer_state(reference):
     assert not np.allclose(trained.head.layers[0].kernel[...], initial.head.layers[0].kernel[...])
 
 
+def test_load_trained_model_restores_the_newest_checkpoint(reference, tmp_path):
+    config = tiny_config()
+    model, step = load_trained_model(config, str(reference[0]), method=TinyRegression(config))
+    assert step == NUM_STEPS
+    expected = reference[2].final_view.model(ema=True)
+    for (path, got), (_, want) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(expected))):
+        np.testing.assert_array_equal(got[...], want[...], err_msg=str(path))
+    with pytest.raises(FileNotFoundError, match="No checkpoints"):
+        load_trained_model(config, str(tmp_path), method=TinyRegression(config))
+
+
 def test_sharded_run_matches_one_device_and_profiles(reference, tmp_path):
     assert jax.device_count() == 8
     config = tiny_config(data=4, fsdp=2)
@@ -161,7 +176,7 @@ def test_sharded_run_matches_one_device_and_profiles(reference, tmp_path):
     np.testing.assert_allclose(list(recorder.column("loss").values()),
                                list(expected.column("loss").values()), rtol=1e-5)
     assert recorder.column("batch_checksum") == pytest.approx(expected.column("batch_checksum"))
-    kernel = recorder.final_view.state.params["head"]["layers"][0]["kernel"][...]
+    kernel = recorder.final_view.run.state.params["head"]["layers"][0]["kernel"][...]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     assert len(kernel.sharding.device_set) == 8
 

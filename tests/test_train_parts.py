@@ -76,6 +76,9 @@ class Affine(Method):
     def sample(self, model, batch, rng):
         return model(batch["x"])
 
+    def dummy_batch(self, batch_size):
+        return {"x": np.zeros((batch_size, 4), np.float32)}
+
 
 def test_accumulation_updates_params_and_ema_every_k_micro_steps():
     config = default_train_config()

@@ -13,7 +13,7 @@ from clu import metric_writers
 from flax import nnx
 
 from editdiff.methods.base import Batch, Method
-from editdiff.train.state import TrainState
+from editdiff.train.build import RunState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +25,7 @@ class TrainView:
     method: Method
     workdir: str
     writer: metric_writers.MetricWriter
-    graphdef: nnx.GraphDef
-    state: TrainState
-    frozen: nnx.State
+    run: RunState
 
     @property
     def is_chief(self) -> bool:
@@ -36,8 +34,7 @@ class TrainView:
 
     def model(self, *, ema: bool = True) -> nnx.Module:
         """The whole model with the EMA (default) or the raw trainable parameters, plus the frozen rest."""
-        params = self.state.ema_params if ema else self.state.params
-        return nnx.merge(self.graphdef, params, self.frozen)
+        return self.run.model(ema=ema)
 
 
 class PeriodicHooks:

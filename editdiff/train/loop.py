@@ -7,10 +7,10 @@ host's batch -> global batch -> jitted step -> finite-loss check -> metrics, che
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+import time
+from typing import Callable, Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -21,12 +21,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from editdiff.methods.base import Method
 from editdiff.train import mesh as mesh_lib
-from editdiff.train.checkpoint import Checkpointer, write_config_json
+from editdiff.train.build import build_run_state, create_checkpointer, method_from_config
+from editdiff.train.checkpoint import write_config_json
 from editdiff.train.config import validate_train_config
 from editdiff.train.hooks import PeriodicHooks, TrainView
 from editdiff.train.optimizer import create_optimizer, learning_rate_schedule
 from editdiff.train.preemption import StopRequest
-from editdiff.train.state import init_train_state, split_model
 from editdiff.train.step import jit_train_step, make_train_step
 
 # (data_config, *, start_step, process_index, process_count) -> iterator of dicts of numpy arrays, this
@@ -46,30 +46,29 @@ class TrainOutcome:
     preempted: bool
 
 
-def method_from_config(config: ml_collections.ConfigDict) -> Method:
-    """The method named by `config.method`: module `editdiff.methods.<name>` and its class `METHOD`."""
-    name = config.get("method")
-    try:
-        module = importlib.import_module(f"editdiff.methods.{name}")
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f"config.method = {name!r} is invalid; allowed: the name of a module in editdiff.methods"
-        ) from error
-    return module.METHOD(config)
-
-
 def _default_train_iterator_factory() -> TrainIteratorFactory:
     import input_pipeline  # the data package is only needed when the caller brings no batch source
 
     return input_pipeline.create_train_iterator
 
 
-def _abstract_with_sharding(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def _is_due(step: int, every: int, last_step: int) -> bool:
     return step == last_step or (every > 0 and step % every == 0)
+
+
+class _MetricsInterval:
+    """Per-step host metrics, averaged over the logging interval."""
+
+    def __init__(self):
+        self._steps: list[dict[str, float]] = []
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self._steps.append(metrics)
+
+    def pop_mean(self) -> dict[str, float]:
+        mean = {name: float(np.mean([m[name] for m in self._steps])) for name in self._steps[0]}
+        self._steps = []
+        return mean
 
 
 def train_and_evaluate(
@@ -98,57 +97,44 @@ def train_and_evaluate(
     is_chief = jax.process_index() == 0
     write_config_json(config, workdir)
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-
-    graphdef, params, frozen = split_model(method.init_model(nnx.Rngs(config.seed)), method.trainable)
-    parameter_overview.log_parameter_overview(nnx.to_pure_dict(params), msg="Trainable parameters")
-    if jax.tree.leaves(frozen):
-        parameter_overview.log_parameter_overview(nnx.to_pure_dict(frozen), msg="Frozen parameters")
-
     optimizer = create_optimizer(train_config)
-    abstract_state = jax.eval_shape(lambda p: init_train_state(p, optimizer), params)
-    state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.mesh.fsdp_min_size)
-    frozen_sharding = mesh_lib.state_sharding(mesh, frozen, config.mesh.fsdp_min_size)
-    frozen = jax.device_put(frozen, frozen_sharding)
-
-    checkpointer = Checkpointer(
-        workdir, keep=train_config.keep_checkpoints, every=train_config.checkpoint_every,
-        async_save=train_config.async_checkpointing,
-    )
-    state = checkpointer.restore_latest(_abstract_with_sharding(abstract_state, state_sharding))
-    if state is None:
-        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_sharding)(params)
-    del params  # the train state owns the trainable parameters from here on
-    start_step = int(state.step)
-    logging.info("Training steps %d..%d on mesh %s", start_step + 1, train_config.num_steps, dict(mesh.shape))
-
-    train_step = jit_train_step(
-        make_train_step(method, graphdef, optimizer, seed=config.seed, ema_decay=train_config.ema_decay),
-        state_sharding=state_sharding,
-        frozen_sharding=frozen_sharding,
-        batch_sharding=mesh_lib.batch_sharding(mesh),
-        replicated=NamedSharding(mesh, PartitionSpec()),
-    )
-    batches = create_train_iterator(
-        config.data, start_step=start_step, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    schedule = learning_rate_schedule(train_config)
-    progress = [periodic_actions.ReportProgress(num_train_steps=train_config.num_steps, writer=writer)]
-    if is_chief and train_config.profile_steps:
-        # One profile per run, a few steps after the first compile, for exactly profile_steps steps.
-        progress.append(periodic_actions.Profile(
-            logdir=workdir, num_profile_steps=train_config.profile_steps, profile_duration_ms=None,
-            first_profile=start_step + 5, every_steps=None, every_secs=None,
-        ))
-
-    last_step = train_config.num_steps
-    interval_metrics: list[dict[str, float]] = []
-    step = start_step
+    checkpointer = create_checkpointer(config, workdir)
     try:
+        run = build_run_state(config, method, mesh, optimizer, checkpointer)
+        parameter_overview.log_parameter_overview(nnx.to_pure_dict(run.state.params), msg="Trainable parameters")
+        if jax.tree.leaves(run.frozen):
+            parameter_overview.log_parameter_overview(nnx.to_pure_dict(run.frozen), msg="Frozen parameters")
+        start_step = int(run.state.step)
+        logging.info("Training steps %d..%d on mesh %s", start_step + 1, train_config.num_steps, dict(mesh.shape))
+        train_step = jit_train_step(
+            make_train_step(method, run.graphdef, optimizer, seed=config.seed, ema_decay=train_config.ema_decay),
+            state_sharding=run.state_sharding,
+            frozen_sharding=run.frozen_sharding,
+            batch_sharding=mesh_lib.batch_sharding(mesh),
+            replicated=NamedSharding(mesh, PartitionSpec()),
+        )
+        batches = create_train_iterator(
+            config.data, start_step=start_step, process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        progress = [periodic_actions.ReportProgress(num_train_steps=train_config.num_steps, writer=writer)]
+        if is_chief and train_config.profile_steps:
+            # One profile per run, a few steps after the first compile, for exactly profile_steps steps.
+            progress.append(periodic_actions.Profile(
+                logdir=workdir, num_profile_steps=train_config.profile_steps, profile_duration_ms=None,
+                first_profile=start_step + 5, every_steps=None, every_secs=None,
+            ))
+        schedule = learning_rate_schedule(train_config)
+        interval = _MetricsInterval()
+        last_step = train_config.num_steps
+        state, compiled_step, step = run.state, None, start_step
         with StopRequest(enabled=jax.process_count() == 1) as stop_request:
             while step < last_step:
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     batch = mesh_lib.global_batch(mesh, next(batches))
-                    state, metrics = train_step(state, frozen, batch)
+                    if compiled_step is None:
+                        compiled_step = _compile_and_log(train_step, state, run.frozen, batch)
+                    state, metrics = compiled_step(state, run.frozen, batch)
                 step += 1
                 metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
                 if not math.isfinite(metrics["loss"]):
@@ -159,23 +145,23 @@ def train_and_evaluate(
                     )
                 for action in progress:
                     action(step)
-                interval_metrics.append(metrics)
+                interval.add(metrics)
                 if _is_due(step, train_config.log_every, last_step):
-                    mean = {name: float(np.mean([m[name] for m in interval_metrics])) for name in metrics}
+                    mean = interval.pop_mean()
                     # The rate of the update this step belongs to (with accumulation, possibly still pending).
                     mean["learning_rate"] = float(schedule((step - 1) // train_config.grad_accum_steps))
                     writer.write_scalars(step, mean)
                     for hook in hooks:
                         hook.on_metrics(step, mean)
-                    interval_metrics = []
                 checkpointer.save(step, state, force=step == last_step)
-                if hooks and (_is_due(step, train_config.sample_every, last_step)
-                              or _is_due(step, train_config.eval_every, last_step)):
-                    view = TrainView(step, method, workdir, writer, graphdef, state, frozen)
+                sample_due = _is_due(step, train_config.sample_every, last_step)
+                eval_due = _is_due(step, train_config.eval_every, last_step)
+                if hooks and (sample_due or eval_due):
+                    view = TrainView(step, method, workdir, writer, dataclasses.replace(run, state=state))
                     for hook in hooks:
-                        if _is_due(step, train_config.sample_every, last_step):
+                        if sample_due:
                             hook.on_sample(view, batch)
-                        if _is_due(step, train_config.eval_every, last_step):
+                        if eval_due:
                             hook.on_eval(view)
                 if step < last_step and (stop_request.requested or checkpointer.reached_preemption(step)):
                     checkpointer.save(step, state, force=True)
@@ -187,3 +173,19 @@ def train_and_evaluate(
         checkpointer.wait_until_finished()
         checkpointer.close()
         writer.flush()
+
+
+def _compile_and_log(train_step, state, frozen, batch):
+    """Ahead-of-time compiles the step for these shapes and shardings, logging the time and memory it takes
+    (minutes and most of the device memory for real models, so worth seeing before the first step)."""
+    start = time.perf_counter()
+    compiled = train_step.lower(state, frozen, batch).compile()
+    logging.info("Compiled the train step in %.1f s", time.perf_counter() - start)
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        logging.info(
+            "Train step memory per device: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
+            memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
+            memory.temp_size_in_bytes / 2**20,
+        )
+    return compiled
