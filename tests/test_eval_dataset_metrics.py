@@ -53,6 +53,13 @@ def test_fid_from_features_uses_unbiased_covariance(rng):
     assert distribution.fid(x, y) == pytest.approx(want)
 
 
+def test_fid_of_small_sets_takes_the_exact_low_rank_route(rng):
+    x, y = rng.normal(size=(5, 12)), rng.normal(0.5, 1.5, size=(7, 12))  # fewer samples than dimensions
+    want = distribution.frechet_distance(distribution.feature_statistics(x), distribution.feature_statistics(y))
+    # rel 1e-7: the eigenvalue route adds sqrt(round-off) for each of the D - N zero eigenvalues.
+    assert distribution.fid(x, y) == pytest.approx(want, rel=1e-7)
+
+
 # --- KID: torch-fidelity's formula written out independently --------------------------------------------
 
 def _torch_fidelity_kid(f1, f2, subsets, subset_size, seed):

@@ -1,0 +1,124 @@
+"""Scoring a folder of predictions against a folder of targets, image by image and as a set.
+
+Images are read as RGB in [0, 1] (data range 1); pixel metrics and LPIPS give one row per matched pair, KID
+and FID one number for the whole set from Inception pool3 features. Files that cannot be scored (unmatched,
+unreadable, sizes that differ, too small for a metric) are listed as problems; they never stop the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eval import distribution, metrics
+from eval.folders import Problem, pair_folders, read_rgb
+from eval.lpips import load_lpips
+from eval.nets.frozen import jit_inference
+from eval.nets.inception import load_inception
+from eval.streaming import FeatureBank, MetricTable
+
+PIXEL_METRICS = ("l1", "mse", "rmse", "psnr", "ssim")
+SET_METRICS = ("kid", "fid")
+METRICS = PIXEL_METRICS + ("lpips",) + SET_METRICS
+DATA_RANGE = 1.0  # images are read into [0, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringOptions:
+    metrics: tuple[str, ...]
+    weights_dir: str | None = None
+    y_channel: bool = False  # PSNR / SSIM / MSE / RMSE on BT.601 luma
+    lpips_backbone: str = "alex"
+    kid_subsets: int = distribution.KID_SUBSETS
+    kid_subset_size: int = distribution.KID_SUBSET_SIZE
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"metrics: {list(self.metrics)} has unknown {unknown}; allowed: {', '.join(METRICS)}")
+        needs_weights = [m for m in self.metrics if m not in PIXEL_METRICS]
+        if needs_weights and self.weights_dir is None:
+            raise ValueError(f"metrics {needs_weights} need network weights: pass weights_dir (--weights DIR)")
+
+
+@functools.partial(jax.jit, static_argnames=("names", "y_channel"))
+def _pixel_rows(pred: jax.Array, target: jax.Array, names: tuple[str, ...], y_channel: bool) -> dict[str, jax.Array]:
+    """The selected pixel metrics of (1, H, W, 3) images in [0, 1]."""
+    luma = dict(y_channel=y_channel, data_range=DATA_RANGE)
+    compute: dict[str, Callable[[], jax.Array]] = {
+        "l1": lambda: metrics.l1(pred, target),
+        "mse": lambda: metrics.mse(pred, target, **luma),
+        "rmse": lambda: metrics.rmse(pred, target, **luma),
+        "psnr": lambda: metrics.psnr(pred, target, DATA_RANGE, y_channel=y_channel),
+        "ssim": lambda: metrics.ssim(pred, target, DATA_RANGE, y_channel=y_channel),
+    }
+    return {name: compute[name]() for name in names}
+
+
+def _to_signed(image: np.ndarray) -> jax.Array:
+    """(H, W, 3) in [0, 1] -> (1, H, W, 3) in [-1, 1], the feature networks' input convention."""
+    return jnp.asarray(image[None] * 2.0 - 1.0)
+
+
+def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> dict:
+    """Scores matched image pairs; returns {pred_dir, target_dir, settings, count, means, set_metrics, rows,
+    problems}. Missing weights raise before any image is read; file problems are collected, not raised."""
+    chosen = options.metrics
+    lpips_fn = jit_inference(load_lpips(options.weights_dir, options.lpips_backbone)) if "lpips" in chosen else None
+    wants_features = any(m in chosen for m in SET_METRICS)
+    inception_fn = jit_inference(load_inception(options.weights_dir)) if wants_features else None
+    pixel_names = tuple(m for m in chosen if m in PIXEL_METRICS)
+
+    pairing = pair_folders(pred_dir, target_dir)
+    problems: list[Problem] = list(pairing.problems)
+    table = MetricTable()
+    pred_features, target_features = FeatureBank(), FeatureBank()
+    for name, pred_path, target_path in pairing.pairs:
+        pred, target = read_rgb(pred_path), read_rgb(target_path)
+        unreadable = [image for image in (pred, target) if isinstance(image, Problem)]
+        if unreadable:
+            problems += unreadable
+            continue
+        if pred.shape != target.shape:
+            problems.append(Problem(pred_path, f"size {pred.shape[:2]} differs from the target's {target.shape[:2]}"))
+            continue
+        if "ssim" in pixel_names and min(pred.shape[:2]) < metrics.SSIM_WINDOW:
+            problems.append(Problem(pred_path, f"smaller than SSIM's {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} window"))
+            continue
+        row = dict(_pixel_rows(pred[None], target[None], pixel_names, options.y_channel)) if pixel_names else {}
+        if lpips_fn is not None:
+            row["lpips"] = lpips_fn(_to_signed(pred), _to_signed(target))
+        table.add([name], row)
+        if inception_fn is not None:
+            pred_features.add(np.asarray(inception_fn(_to_signed(pred))))
+            target_features.add(np.asarray(inception_fn(_to_signed(target))))
+
+    return {
+        "pred_dir": pred_dir, "target_dir": target_dir,
+        "settings": {**dataclasses.asdict(options), "metrics": list(chosen), "data_range": DATA_RANGE},
+        "count": len(table), "means": table.means(),
+        "set_metrics": _set_metrics(chosen, pred_features, target_features, options, problems),
+        "rows": [{"name": name, **row} for name, row in table.rows.items()],
+        "problems": [dataclasses.asdict(p) for p in problems],
+    }
+
+
+def _set_metrics(chosen: Sequence[str], pred_features: FeatureBank, target_features: FeatureBank,
+                 options: ScoringOptions, problems: list[Problem]) -> dict:
+    out = {}
+    if not any(m in chosen for m in SET_METRICS):
+        return out
+    if len(pred_features) < 2:
+        problems.append(Problem("(set)", f"KID / FID need at least 2 scored pairs; got {len(pred_features)}"))
+        return out
+    a, b = pred_features.array(), target_features.array()
+    if "kid" in chosen:
+        mean, std = distribution.kid(a, b, subsets=options.kid_subsets, subset_size=options.kid_subset_size)
+        out["kid"] = {"mean": mean, "std": std}
+    if "fid" in chosen:
+        out["fid"] = distribution.fid(a, b)
+    return out
