@@ -4,6 +4,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +197,43 @@ def test_sigterm_saves_and_restart_resumes_exactly(reference, tmp_path):
         resumed = {**first.column(name), **second.column(name)}
         np.testing.assert_allclose([resumed[s] for s in range(1, NUM_STEPS + 1)],
                                    [expected.column(name)[s] for s in range(1, NUM_STEPS + 1)], rtol=1e-6)
+
+
+CHILD_RUN = """
+import sys
+sys.path.insert(0, {tests_dir!r})
+import test_train_loop as t
+
+class ReportSteps(t.PeriodicHooks):
+    def on_metrics(self, step, metrics):
+        print("step", step, flush=True)
+
+config = t.tiny_config()
+config.train.num_steps = 100_000
+outcome = t.train_and_evaluate(config, {workdir!r}, method=t.TinyRegression(config),
+                               create_train_iterator=t.synthetic_batches, hooks=[ReportSteps()])
+print("outcome", outcome.step, outcome.preempted, flush=True)
+"""
+
+
+def test_sigterm_from_outside_exits_cleanly_with_a_checkpoint(tmp_path):
+    script = CHILD_RUN.format(tests_dir=os.path.dirname(__file__), workdir=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for line in child.stdout:  # wait until training is under way
+        if line.startswith("step 3"):
+            break
+    child.send_signal(signal.SIGTERM)
+    remaining, _ = child.communicate(timeout=120)
+    assert child.returncode == 0
+    outcome = remaining.strip().splitlines()[-1].split()
+    assert outcome[0] == "outcome" and outcome[2] == "True"
+    stopped_at = int(outcome[1])
+    assert Checkpointer(str(tmp_path), keep=3, every=2).latest_step() == stopped_at
+
+    config = tiny_config()
+    config.train.num_steps = stopped_at + 2
+    _, recorder = run(config, tmp_path)
+    assert sorted(recorder.metrics) == [stopped_at + 1, stopped_at + 2]
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(reference, tmp_path):
