@@ -1,0 +1,161 @@
+"""Film grain after Newson, Delon and Galerne 2017: a Boolean model of grains rendered by Monte-Carlo filtering.
+
+The model, per colour channel (channels are rendered independently, as Newson et al. do for colour):
+grains are discs of radius r whose centres form a Poisson process with intensity, at a point of an input
+pixel with grey level u in [0, 1),
+
+    lambda(u) = 1 / (pi r^2) * log(1 / (1 - u))          (so P(point covered) = 1 - exp(-lambda pi r^2) = u),
+
+and the output pixel y is the Gaussian-filtered coverage indicator, estimated with N Monte-Carlo offsets:
+
+    out(y) = 1/N sum_k 1[y + xi_k is covered],   xi_k ~ N(0, filter_sigma^2 I)  (the same xi_k for every pixel).
+
+Coverage is evaluated exactly with Newson's pixel-wise algorithm: the plane is cut into square cells of side
+delta = 1 / floor(1 / r) >= r (aligned with the pixels, so each cell takes u from the pixel it lies in); a
+cell's grain count ~ Poisson(lambda(u) delta^2) and its grain centres are uniform, all drawn from a hash of
+(example seed, channel, cell), so every query of a cell sees the same grains; a point can only be covered by
+grains of its own cell and the 8 neighbours. u is scaled by 255 / 255.1 (Newson's epsilon grey level) so that
+lambda stays finite on white; the output is scaled back, so the mean intensity is preserved.
+
+Number of Monte-Carlo samples N: the rendering is an average of N Bernoulli(u) indicators, so on top of the
+grain's own texture it carries Monte-Carlo noise of variance at most u (1 - u) / N (reference code: N = 800,
+noise std <= 0.018; the default online N = 32, std <= 0.088, which dominates the grain texture of the smallest
+radii: small-N grain looks noisier and less radius-dependent). Cost is linear in N and in the pixel count.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from input_pipeline.randomness import mix32, uniform_from_hash
+
+GREY_EPSILON = 0.1 / 255.0  # Newson's EPSILON_GREY_LEVEL on the [0, 1] scale
+MAX_GRAINS = 40  # cell means stay <= 4 * 1.44 * 7.84 / pi = 14.4 (delta <= 2.4 r): P(count > 40) < 1e-8
+POISSON_BINS = 1024
+_ELEMENTS_PER_CHUNK = 1 << 20  # bounds the (channels, samples, H, W, 9) working set per Monte-Carlo chunk
+
+
+def cells_per_pixel(radius: tf.Tensor) -> tf.Tensor:
+    """n = floor(1 / (2 r)): cells of side delta = 1 / n >= 2 r tile each pixel n x n (int32)."""
+    return tf.maximum(tf.cast(tf.floor(0.5 / radius + 1e-6), tf.int32), 1)
+
+
+def poisson_tables(radius: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per 8-bit grey level: the Poisson CDF of a cell's grain count, and its inverse on a grid of uniforms.
+
+    Returns `cdf` (256, MAX_GRAINS + 1) and `count_at_bin` (256, POISSON_BINS) int32, the count whose CDF
+    interval holds the left edge of each of POISSON_BINS equal bins of [0, 1).
+    """
+    delta = 1.0 / tf.cast(cells_per_pixel(radius), tf.float32)
+    u = tf.range(256, dtype=tf.float32) / 255.0 / (1.0 + GREY_EPSILON)
+    mean = tf.math.log(1.0 / (1.0 - u)) / (math.pi * radius ** 2) * delta ** 2
+    pmf = [tf.exp(-mean)]
+    for j in range(1, MAX_GRAINS + 1):
+        pmf.append(pmf[-1] * mean / j)
+    cdf = tf.cumsum(tf.stack(pmf, axis=-1), axis=-1)
+    edges = tf.tile(tf.range(POISSON_BINS, dtype=tf.float32)[None] / POISSON_BINS, [256, 1])
+    count_at_bin = tf.searchsorted(cdf, edges, side="right")
+    return cdf, tf.minimum(count_at_bin, MAX_GRAINS)
+
+
+def _cell_hash(channel_hash: tf.Tensor, cell_x: tf.Tensor, cell_y: tf.Tensor) -> tf.Tensor:
+    """One uint32 per (channel, cell): a single mixing round over a linear combination of the indices."""
+    key = tf.cast(cell_x, tf.uint32) * tf.constant(0x9E3779B1, tf.uint32) + tf.cast(cell_y, tf.uint32) * tf.constant(
+        0x85EBCA77, tf.uint32)
+    return mix32(channel_hash + key)
+
+
+def _slot_uniform(cell_hash: tf.Tensor, slot: tf.Tensor) -> tf.Tensor:
+    """The uniform number `slot` of a cell (0: its grain count; 1 + 2k, 2 + 2k: grain k's position)."""
+    return uniform_from_hash(mix32(cell_hash + tf.cast(slot, tf.uint32) * tf.constant(0xC2B2AE3D, tf.uint32)))
+
+
+def _coverage(levels: tf.Tensor, points_x: tf.Tensor, points_y: tf.Tensor, radius: tf.Tensor,
+              channel_hash: tf.Tensor, cdf: tf.Tensor, count_at_bin: tf.Tensor) -> tf.Tensor:
+    """Boolean-model coverage of the points `(S, H, W)` (input-pixel units) for each channel.
+
+    `levels` (C, H, W) int32 8-bit grey levels; `channel_hash` (C,) uint32 selects the grain realisation.
+    Returns `(C, S, H, W)` bool.
+    """
+    channels, height, width = levels.shape
+    n = cells_per_pixel(radius)
+    n_f = tf.cast(n, tf.float32)
+    delta = 1.0 / n_f
+    # Each point's own cell and, per axis, the neighbour on its nearer side: delta >= 2 r means no other cell
+    # holds a grain centre within r of the point. (1, S, H, W, 4) cell indices.
+    scaled_x, scaled_y = points_x * n_f, points_y * n_f
+    own_x, own_y = tf.floor(scaled_x), tf.floor(scaled_y)
+    side_x = tf.where(scaled_x - own_x < 0.5, -1.0, 1.0)
+    side_y = tf.where(scaled_y - own_y < 0.5, -1.0, 1.0)
+    corner = tf.constant([0.0, 1.0, 0.0, 1.0]), tf.constant([0.0, 0.0, 1.0, 1.0])
+    cell_x = tf.cast(own_x[..., None] + side_x[..., None] * corner[0], tf.int32)[None]
+    cell_y = tf.cast(own_y[..., None] + side_y[..., None] * corner[1], tf.int32)[None]
+    channel = tf.range(channels)[:, None, None, None, None]
+    pixel_x = tf.clip_by_value(tf.math.floordiv(cell_x, n), 0, width - 1)
+    pixel_y = tf.clip_by_value(tf.math.floordiv(cell_y, n), 0, height - 1)
+    level = tf.gather(tf.reshape(levels, [-1]), (channel * height + pixel_y) * width + pixel_x)  # (C, S, H, W, 4)
+    cell_hash = _cell_hash(tf.reshape(channel_hash, [-1, 1, 1, 1, 1]), cell_x, cell_y)
+
+    # Poisson count: the table gives the count at the uniform's bin edge; one comparison with the next CDF
+    # value finishes the inversion (exact unless two CDF steps share one bin, a < 1e-3 tail event).
+    count_u = _slot_uniform(cell_hash, 0)
+    bin_index = tf.cast(count_u * POISSON_BINS, tf.int32)
+    count = tf.gather(tf.reshape(count_at_bin, [-1]), level * POISSON_BINS + bin_index)
+    next_cdf = tf.gather(tf.reshape(cdf, [-1]), level * (MAX_GRAINS + 1) + count)
+    count = tf.minimum(count + tf.cast(count_u > next_cdf, tf.int32), MAX_GRAINS)
+
+    # Only the existing grains are tested: one row per (channel, point, neighbour cell, grain rank).
+    shape = tf.shape(count)
+    flat_count = tf.reshape(count, [-1])
+    starts = tf.cumsum(flat_count, exclusive=True)
+    num_grains = starts[-1] + flat_count[-1]
+    # pair of grain g = (number of pairs starting at or before g) - 1; empty pairs share the next start.
+    starts_at = tf.math.unsorted_segment_sum(tf.ones_like(flat_count), starts, num_grains + 1)[:num_grains]
+    pair = tf.cumsum(starts_at) - 1
+    rank = tf.range(num_grains) - tf.gather(starts, pair)
+    spatial_pair = pair % tf.size(cell_x)  # the cell geometry is shared by the channels
+    corner_x = tf.gather(tf.reshape(tf.cast(cell_x, tf.float32) * delta - points_x[..., None], [-1]), spatial_pair)
+    corner_y = tf.gather(tf.reshape(tf.cast(cell_y, tf.float32) * delta - points_y[..., None], [-1]), spatial_pair)
+    grain_hash = tf.gather(tf.reshape(cell_hash, [-1]), pair)
+    offset_x = corner_x + _slot_uniform(grain_hash, 1 + 2 * rank) * delta
+    offset_y = corner_y + _slot_uniform(grain_hash, 2 + 2 * rank) * delta
+    inside = offset_x * offset_x + offset_y * offset_y < radius * radius
+    hits = tf.math.unsorted_segment_max(tf.cast(inside, tf.int32), pair // 4, tf.reduce_prod(shape[:-1]))
+    return tf.reshape(hits > 0, shape[:-1])
+
+
+def film_grain(image: tf.Tensor, radius: tf.Tensor, seed: tf.Tensor, *, filter_sigma: float = 0.8,
+               monte_carlo_samples: int = 32) -> tf.Tensor:
+    """`(H, W, C)` image in [0, 1] rendered as film grain of `radius` (input pixels, in (0, 0.1]).
+
+    `seed` is a (2,) stateless seed; the result is in [0, 1]. A radius of 0 returns the image unchanged.
+    """
+    height, width, channels = image.shape
+    channel_hash = tf.cast(tf.random.stateless_uniform([channels], seed, minval=0, maxval=1 << 32, dtype=tf.int64),
+                           tf.uint32)
+    offsets = filter_sigma * tf.random.stateless_normal([monte_carlo_samples, 2],
+                                                        tf.random.experimental.stateless_fold_in(seed, 1))
+    chunk = max(1, min(monte_carlo_samples, _ELEMENTS_PER_CHUNK // (height * width * channels * 4)))
+    while monte_carlo_samples % chunk:
+        chunk -= 1
+    centres_y, centres_x = tf.meshgrid(tf.range(height, dtype=tf.float32) + 0.5,
+                                       tf.range(width, dtype=tf.float32) + 0.5, indexing="ij")
+    radius = tf.cast(radius, tf.float32)
+
+    def render():
+        levels = tf.cast(tf.round(tf.clip_by_value(tf.transpose(image, [2, 0, 1]), 0.0, 1.0) * 255.0), tf.int32)
+        cdf, count_at_bin = poisson_tables(radius)
+        def add_chunk(i, total):
+            xi = offsets[i * chunk:(i + 1) * chunk]
+            points_x = centres_x[None] + xi[:, 0, None, None]
+            points_y = centres_y[None] + xi[:, 1, None, None]
+            covered = _coverage(levels, points_x, points_y, radius, channel_hash, cdf, count_at_bin)
+            return i + 1, total + tf.reduce_sum(tf.cast(covered, tf.float32), axis=1)
+
+        _, total = tf.while_loop(lambda i, _: i < monte_carlo_samples // chunk, add_chunk,
+                                 (tf.constant(0), tf.zeros([channels, height, width])))
+        fraction = total / monte_carlo_samples * (1.0 + GREY_EPSILON)
+        return tf.clip_by_value(tf.transpose(fraction, [1, 2, 0]), 0.0, 1.0)
+
+    return tf.cond(radius > 0, render, lambda: image)
