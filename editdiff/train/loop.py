@@ -56,19 +56,68 @@ def _is_due(step: int, every: int, last_step: int) -> bool:
     return step == last_step or (every > 0 and step % every == 0)
 
 
-class _MetricsInterval:
-    """Per-step host metrics, averaged over the logging interval."""
+class _MetricsLog:
+    """Averages per-step host metrics over `log_every` steps, then writes them (with the learning rate) and
+    hands them to the hooks."""
 
-    def __init__(self):
-        self._steps: list[dict[str, float]] = []
+    def __init__(self, train_config, writer, hooks):
+        self._train_config = train_config
+        self._schedule = learning_rate_schedule(train_config)
+        self._writer = writer
+        self._hooks = hooks
+        self._pending: list[dict[str, float]] = []
 
-    def add(self, metrics: dict[str, float]) -> None:
-        self._steps.append(metrics)
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        self._pending.append(metrics)
+        if not _is_due(step, self._train_config.log_every, self._train_config.num_steps):
+            return
+        mean = {name: float(np.mean([m[name] for m in self._pending])) for name in metrics}
+        self._pending = []
+        # The rate of the update this step belongs to (with accumulation, possibly still pending).
+        mean["learning_rate"] = float(self._schedule((step - 1) // self._train_config.grad_accum_steps))
+        self._writer.write_scalars(step, mean)
+        for hook in self._hooks:
+            hook.on_metrics(step, mean)
 
-    def pop_mean(self) -> dict[str, float]:
-        mean = {name: float(np.mean([m[name] for m in self._steps])) for name in self._steps[0]}
-        self._steps = []
-        return mean
+
+def _host_metrics(metrics: Mapping[str, jax.Array], step: int, checkpointer) -> dict[str, float]:
+    """The step's metrics as Python floats; raises NonFiniteLossError if the loss is NaN or infinite."""
+    metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+    if not math.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(
+            f"Loss is {metrics['loss']} at step {step}; training stopped without saving this state. "
+            f"The newest checkpoint in {checkpointer.directory} (step {checkpointer.latest_step()}) "
+            "is the last good one."
+        )
+    return metrics
+
+
+def _progress_actions(train_config, writer, workdir: str, start_step: int) -> list:
+    """clu's steps/s + ETA report, and (on process 0, if asked) one profile of profile_steps steps taken
+    a few steps after the first compile."""
+    actions = [periodic_actions.ReportProgress(num_train_steps=train_config.num_steps, writer=writer)]
+    if jax.process_index() == 0 and train_config.profile_steps:
+        actions.append(periodic_actions.Profile(
+            logdir=workdir, num_profile_steps=train_config.profile_steps, profile_duration_ms=None,
+            first_profile=start_step + 5, every_steps=None, every_secs=None,
+        ))
+    return actions
+
+
+def _compile_and_log(train_step, state, frozen, batch):
+    """Ahead-of-time compiles the step for these shapes and shardings, logging the time and memory it takes
+    (minutes and most of the device memory for real models, so worth seeing before the first step)."""
+    start = time.perf_counter()
+    compiled = train_step.lower(state, frozen, batch).compile()
+    logging.info("Compiled the train step in %.1f s", time.perf_counter() - start)
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        logging.info(
+            "Train step memory per device: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
+            memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
+            memory.temp_size_in_bytes / 2**20,
+        )
+    return compiled
 
 
 def train_and_evaluate(
@@ -94,9 +143,8 @@ def train_and_evaluate(
     create_train_iterator = create_train_iterator or _default_train_iterator_factory()
     train_config = config.train
     mesh = mesh_lib.create_mesh(config.mesh)
-    is_chief = jax.process_index() == 0
     write_config_json(config, workdir)
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     optimizer = create_optimizer(train_config)
     checkpointer = create_checkpointer(config, workdir)
     try:
@@ -117,15 +165,8 @@ def train_and_evaluate(
             config.data, start_step=start_step, process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        progress = [periodic_actions.ReportProgress(num_train_steps=train_config.num_steps, writer=writer)]
-        if is_chief and train_config.profile_steps:
-            # One profile per run, a few steps after the first compile, for exactly profile_steps steps.
-            progress.append(periodic_actions.Profile(
-                logdir=workdir, num_profile_steps=train_config.profile_steps, profile_duration_ms=None,
-                first_profile=start_step + 5, every_steps=None, every_secs=None,
-            ))
-        schedule = learning_rate_schedule(train_config)
-        interval = _MetricsInterval()
+        progress = _progress_actions(train_config, writer, workdir, start_step)
+        metrics_log = _MetricsLog(train_config, writer, hooks)
         last_step = train_config.num_steps
         state, compiled_step, step = run.state, None, start_step
         with StopRequest(enabled=jax.process_count() == 1) as stop_request:
@@ -136,23 +177,10 @@ def train_and_evaluate(
                         compiled_step = _compile_and_log(train_step, state, run.frozen, batch)
                     state, metrics = compiled_step(state, run.frozen, batch)
                 step += 1
-                metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-                if not math.isfinite(metrics["loss"]):
-                    raise NonFiniteLossError(
-                        f"Loss is {metrics['loss']} at step {step}; training stopped without saving this state. "
-                        f"The newest checkpoint in {checkpointer.directory} (step {checkpointer.latest_step()}) "
-                        "is the last good one."
-                    )
+                metrics = _host_metrics(metrics, step, checkpointer)
                 for action in progress:
                     action(step)
-                interval.add(metrics)
-                if _is_due(step, train_config.log_every, last_step):
-                    mean = interval.pop_mean()
-                    # The rate of the update this step belongs to (with accumulation, possibly still pending).
-                    mean["learning_rate"] = float(schedule((step - 1) // train_config.grad_accum_steps))
-                    writer.write_scalars(step, mean)
-                    for hook in hooks:
-                        hook.on_metrics(step, mean)
+                metrics_log.record(step, metrics)
                 checkpointer.save(step, state, force=step == last_step)
                 sample_due = _is_due(step, train_config.sample_every, last_step)
                 eval_due = _is_due(step, train_config.eval_every, last_step)
@@ -174,18 +202,3 @@ def train_and_evaluate(
         checkpointer.close()
         writer.flush()
 
-
-def _compile_and_log(train_step, state, frozen, batch):
-    """Ahead-of-time compiles the step for these shapes and shardings, logging the time and memory it takes
-    (minutes and most of the device memory for real models, so worth seeing before the first step)."""
-    start = time.perf_counter()
-    compiled = train_step.lower(state, frozen, batch).compile()
-    logging.info("Compiled the train step in %.1f s", time.perf_counter() - start)
-    memory = compiled.memory_analysis()
-    if memory is not None:
-        logging.info(
-            "Train step memory per device: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
-            memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
-            memory.temp_size_in_bytes / 2**20,
-        )
-    return compiled
