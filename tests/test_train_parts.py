@@ -128,3 +128,13 @@ def test_global_batch_splits_over_every_device(mesh_4x2):
     assert {shard.data.shape for shard in batch["x"].addressable_shards} == {(2, 3)}
     with pytest.raises(ValueError, match=r"global batch size 12 does not split over the 8 devices"):
         mesh_lib.global_batch(mesh_4x2, {"x": np.zeros((12, 3), np.float32)})
+
+
+def test_split_model_rejects_low_precision_or_empty_trainable_parameters():
+    method = Affine(default_train_config())
+    model = method.init_model(nnx.Rngs(0))
+    with pytest.raises(ValueError, match="selects no parameters"):
+        split_model(model, nnx.PathContains("missing"))
+    model.weight = nnx.Param(jnp.ones((4,), jnp.bfloat16))
+    with pytest.raises(ValueError, match="must be float32; these are not: weight: bfloat16"):
+        split_model(model, method.trainable)

@@ -25,10 +25,19 @@ class TrainState:
 
 
 def split_model(model: nnx.Module, trainable: nnx.filterlib.Filter) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """(graphdef, trainable params, frozen rest) of a model; `nnx.merge(graphdef, params, frozen)` rebuilds it."""
+    """(graphdef, trainable params, frozen rest) of a model; `nnx.merge(graphdef, params, frozen)` rebuilds it.
+    Raises ValueError when the filter selects nothing or a trainable parameter is not float32."""
     graphdef, params, frozen = nnx.split(model, trainable, ...)
     if not jax.tree.leaves(params):
         raise ValueError(f"The method's trainable filter {trainable!r} selects no parameters of the model")
+    # Adam moments and EMA of low-precision parameters lose small updates; compute dtype is separate.
+    not_float32 = [
+        f"{'.'.join(map(str, path))}: {var[...].dtype}"
+        for path, var in nnx.to_flat_state(params)
+        if var[...].dtype != jnp.float32
+    ]
+    if not_float32:
+        raise ValueError("Trainable parameters must be float32; these are not: " + ", ".join(not_float32))
     return graphdef, params, frozen
 
 
