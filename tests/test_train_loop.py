@@ -16,7 +16,7 @@ from flax import nnx
 
 from editdiff.methods.base import Method
 from editdiff.train.build import load_trained_model
-from editdiff.train.checkpoint import Checkpointer
+from editdiff.train.checkpoint import Checkpointer, CheckpointRestoreError
 from editdiff.train.config import default_train_config
 from editdiff.train.hooks import PeriodicHooks
 from editdiff.train.loop import NonFiniteLossError, train_and_evaluate
@@ -248,13 +248,17 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(reference, tmp_path):
     np.testing.assert_allclose(resumed.column("loss")[5], reference[2].column("loss")[5], rtol=1e-6)
 
 
-def test_corrupt_latest_checkpoint_falls_back_loudly(reference, tmp_path, caplog):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference[0], workdir)
-    for root, _, files in os.walk(workdir / "checkpoints" / "6"):
+def corrupt_checkpoint(workdir, step):
+    for root, _, files in os.walk(workdir / "checkpoints" / str(step)):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"not a checkpoint")
+
+
+def test_corrupt_latest_checkpoint_falls_back_loudly(reference, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    corrupt_checkpoint(workdir, 6)
     config = tiny_config()
     config.train.num_steps = 8
     with caplog.at_level(logging.ERROR):
@@ -263,6 +267,16 @@ def test_corrupt_latest_checkpoint_falls_back_loudly(reference, tmp_path, caplog
     assert sorted(recorder.metrics) == [5, 6, 7, 8]  # resumed from step 4
     np.testing.assert_allclose(recorder.column("loss")[5], reference[2].column("loss")[5], rtol=1e-6)
     assert os.path.isdir(workdir / "corrupt_checkpoints" / "6")
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(reference, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    for step in (2, 4, 6):
+        corrupt_checkpoint(workdir, step)
+    with pytest.raises(CheckpointRestoreError, match=r"refusing to start from scratch(.|\n)*step 2: "):
+        run(tiny_config(), workdir)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]  # left in place for inspection
 
 
 class MustNotBuild(TinyRegression):

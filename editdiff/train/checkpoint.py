@@ -2,8 +2,8 @@
 
 Saves are asynchronous (training goes on while the previous state is written), keep the newest N, and happen
 every `checkpoint_every` steps plus on demand (final step, preemption). Restoring tries the newest checkpoint
-first; one that cannot be read is reported loudly, moved to `WORKDIR/corrupt_checkpoints/` (so it is neither
-resumed from nor overwritten later) and the previous one is tried. If checkpoints exist but none restores, a
+first; one that cannot be read is reported loudly and the previous one is tried; once one restores, the
+unreadable newer ones move to `WORKDIR/corrupt_checkpoints/`. If checkpoints exist but none restores, a
 CheckpointRestoreError is raised: a run never silently starts again from scratch.
 """
 from __future__ import annotations
@@ -75,8 +75,10 @@ class Checkpointer:
         """The newest readable checkpoint restored into the structure, dtypes and shardings of
         `abstract_state` (a pytree of jax.ShapeDtypeStruct with sharding), or None when there is none.
 
-        An unreadable checkpoint is logged as an error, quarantined and skipped for the previous one; if all
-        are unreadable, CheckpointRestoreError lists why each failed.
+        Each unreadable checkpoint is logged as an error and the previous one tried. Newer unreadable ones
+        are quarantined once an older one restores (the same structure reads, so they are damaged). If none
+        restores, nothing is moved and CheckpointRestoreError lists why each failed (often a changed model or
+        optimiser config rather than damage).
         """
         failures = []
         for step in reversed(self.all_steps()):
@@ -84,23 +86,27 @@ class Checkpointer:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
             except Exception as error:  # noqa: BLE001 -- any failure to read means: try the previous one
                 logging.error(
-                    "CHECKPOINT AT STEP %d IN %s CANNOT BE RESTORED (%s: %s); moving it to %s and falling back "
-                    "to the previous checkpoint.",
-                    step, self.directory, type(error).__name__, error, self.quarantine_directory,
+                    "CHECKPOINT AT STEP %d IN %s CANNOT BE RESTORED (%s: %s); falling back to the previous one.",
+                    step, self.directory, type(error).__name__, error,
                 )
-                failures.append(f"step {step}: {type(error).__name__}: {error}")
-                self._quarantine(step)
+                failures.append((step, f"step {step}: {type(error).__name__}: {error}"))
                 continue
+            for failed_step, _ in failures:
+                self._quarantine(failed_step)
             logging.info("Restored checkpoint at step %d from %s", step, self.directory)
             return state
         if failures:
             raise CheckpointRestoreError(
-                f"No checkpoint in {self.directory} could be restored (moved to {self.quarantine_directory}); "
-                "refusing to start from scratch over them:\n  " + "\n  ".join(failures)
+                f"No checkpoint in {self.directory} could be restored; refusing to start from scratch over them. "
+                "If the model or optimiser config changed since they were written, compare with config.json "
+                "in the workdir.\n  " + "\n  ".join(reason for _, reason in failures)
             )
         return None
 
     def _quarantine(self, step: int) -> None:
+        """Moves a damaged step out of the manager's directory: resuming past it must not collide with it,
+        and keep-N must not delete a good checkpoint in its favour."""
+        logging.error("Moving the unreadable checkpoint of step %d to %s", step, self.quarantine_directory)
         if jax.process_index() == 0:
             os.makedirs(self.quarantine_directory, exist_ok=True)
             target = os.path.join(self.quarantine_directory, str(step))
