@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editdiff.nn.layers import dot_product_attention
+
 Dtype = Any
 
 
@@ -158,8 +160,8 @@ class CLIPAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, causal: bool) -> jax.Array:
         split_heads = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1)
-        out = jax.nn.dot_product_attention(split_heads(self.q_proj(x)), split_heads(self.k_proj(x)),
-                                           split_heads(self.v_proj(x)), is_causal=causal)
+        out = dot_product_attention(split_heads(self.q_proj(x)), split_heads(self.k_proj(x)),
+                                    split_heads(self.v_proj(x)), is_causal=causal)
         return self.out_proj(out.reshape(*x.shape))
 
 
@@ -354,8 +356,10 @@ class CLIPTextOutput(NamedTuple):
 class CLIPTextModel(nnx.Module):
     """transformers' CLIPTextModelWithProjection: (B, L) token ids -> CLIPTextOutput.
 
-    Attention is causal only: transformers' optional padding mask changes only the outputs at padded positions
-    (they follow the EOS token, which causal attention already hides from it), so it is not taken.
+    Attention is causal only; transformers' optional padding `attention_mask` is not taken. With the CLIP
+    tokenizer's right padding it changes nothing up to the EOS token (causal attention already hides the pads
+    that follow), so pooled and projected outputs are the same; only the hidden states at padded positions
+    would differ.
     """
 
     def __init__(self, config: CLIPTextConfig, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):

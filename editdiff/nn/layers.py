@@ -32,16 +32,17 @@ def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.flo
     return nnx.GroupNorm(channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, is_causal: bool = False,
                           implementation: str | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v for (B, Lq, heads, head_dim) queries and (B, Lk, heads, head_dim)
     keys / values; returns (B, Lq, heads, head_dim) in the query's dtype.
 
     The one attention primitive of the project. Logits and softmax are computed in float32 for any input
-    dtype (what diffusers' `upcast_attention` / `upcast_softmax` ask for). `implementation` is passed to
-    `jax.nn.dot_product_attention`: None lets XLA choose, "cudnn" selects the fused flash kernel on GPU.
+    dtype (what diffusers' `upcast_attention` / `upcast_softmax` ask for). `is_causal` lets query i see keys
+    j <= i only (CLIP's text encoder). `implementation` is passed to `jax.nn.dot_product_attention`: None lets
+    XLA choose, "cudnn" selects the fused flash kernel on GPU.
     """
-    return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+    return jax.nn.dot_product_attention(query, key, value, is_causal=is_causal, implementation=implementation)
 
 
 class Attention(nnx.Module):
