@@ -87,7 +87,8 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
             problems.append(Problem(pred_path, f"size {pred.shape[:2]} differs from the target's {target.shape[:2]}"))
             continue
         if "ssim" in pixel_names and min(pred.shape[:2]) < metrics.SSIM_WINDOW:
-            problems.append(Problem(pred_path, f"smaller than SSIM's {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} window"))
+            window = metrics.SSIM_WINDOW
+            problems.append(Problem(pred_path, f"smaller than SSIM's {window}x{window} window"))
             continue
         row = dict(_pixel_rows(pred[None], target[None], pixel_names, options.y_channel)) if pixel_names else {}
         if lpips_fn is not None:

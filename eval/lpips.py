@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from editdiff.interop.name_map import Layout, Rule, load_state_dict
+from editdiff.interop.name_map import Layout, Rule, dense_rules, load_state_dict
 from eval import weights
-from eval.nets.frozen import build_with_zeros
 from eval.nets.torchvision_trunks import TRUNKS, TorchvisionTrunk, trunk_rules, unused_classifier_keys
 
 # The lpips package's ScalingLayer: inputs in [-1, 1] -> ImageNet-normalised inputs.
@@ -75,8 +74,8 @@ class LPIPS(nnx.Module):
 
 def head_rules(num_layers: int) -> list[Rule]:
     """LinearHeads <-> the package's `lin{k}.model.1.weight` (1, C, 1, 1) tensors."""
-    return [Rule(("layers", k, "kernel"), f"lin{k}.model.1.weight", Layout.LINEAR_FROM_CONV1X1)
-            for k in range(num_layers)]
+    return [rule for k in range(num_layers)
+            for rule in dense_rules(("layers", k), f"lin{k}.model.1", bias=False, layout=Layout.LINEAR_FROM_CONV1X1)]
 
 
 def lpips_from_state_dicts(backbone: str, trunk_state: Mapping[str, np.ndarray], head_state: Mapping[str, np.ndarray],
@@ -86,7 +85,8 @@ def lpips_from_state_dicts(backbone: str, trunk_state: Mapping[str, np.ndarray],
     Every tensor of both is consumed, except the backbone's ImageNet classifier (which LPIPS never runs); any
     other missing, extra or mis-shaped key is a CheckpointError naming the source.
     """
-    model = build_with_zeros(lambda rngs: LPIPS(backbone, dtype=dtype, rngs=rngs))
+    # Abstract (eval_shape) construction skips random initialisers; loading makes every parameter concrete.
+    model = nnx.eval_shape(lambda: LPIPS(backbone, dtype=dtype, rngs=nnx.Rngs(0)))
     spec = TRUNKS[backbone]
     load_state_dict(model.trunk, trunk_state, trunk_rules(spec), source=trunk_source,
                     ignore=unused_classifier_keys(spec))

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from PIL import Image
 
-from editdiff.interop.name_map import export_state_dict
+from editdiff.interop.name_map import flax_params
 from eval import cli, metrics, streaming
 from eval.nets import inception
-from eval.nets.frozen import build_with_zeros
 
 SIZE = 64  # AlexNet's trunk needs at least ~63 pixels
 
@@ -77,9 +77,11 @@ def test_bad_arguments_are_errors_not_tracebacks(folders, tmp_path, capsys):
 def _random_inception_file(path):
     """A pt_inception-layout file with random values (the real key set is checked in test_eval_inception)."""
     rng = np.random.default_rng(0)
-    model = build_with_zeros(lambda rngs: inception.FIDInceptionV3(rngs=rngs))
+    model = nnx.eval_shape(lambda: inception.FIDInceptionV3(rngs=nnx.Rngs(0)))
+    params = flax_params(model)
     state = {}
-    for key, value in export_state_dict(model, inception.inception_rules(model)).items():
+    for rule in inception.inception_rules(model):
+        key, value = rule.torch_key, rule.layout.to_torch(np.zeros(params[rule.flax_path].get_value().shape))
         fan_in = np.prod(value.shape[1:]) if value.ndim == 4 else 1
         if key.endswith("running_var") or key.endswith("bn.weight"):
             state[key] = rng.uniform(0.5, 1.5, value.shape)

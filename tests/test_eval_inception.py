@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from editdiff.interop.name_map import load_state_dict
 from editdiff.interop.torch_io import CheckpointError
 from eval import weights
 from eval.nets import inception
@@ -178,17 +179,19 @@ def test_resize_matches_torch_interpolate():
 
 
 def test_state_dict_is_consumed_completely(reference):
-    _, state, _ = reference
+    _, state, model = reference
     assert "fc.weight" in state and any(k.endswith("num_batches_tracked") for k in state)
-    extra = dict(state, **{"AuxLogits.fc.weight": np.zeros((1000, 768), np.float32)})
+    rules = inception.inception_rules(model)
+
+    def load(candidate):  # what inception_from_state_dict does, reusing the fixture's model
+        load_state_dict(model, candidate, rules, source="test", ignore=inception.unused_inception_keys(candidate))
+
     with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): AuxLogits.fc.weight"):
-        inception.inception_from_state_dict(extra, source="extra")
-    missing = {k: v for k, v in state.items() if k != "Mixed_7c.branch_pool.bn.running_var"}
+        load(dict(state, **{"AuxLogits.fc.weight": np.zeros((1000, 768), np.float32)}))
     with pytest.raises(CheckpointError, match=r"missing keys \(1\): Mixed_7c.branch_pool.bn.running_var"):
-        inception.inception_from_state_dict(missing, source="missing")
-    misshaped = dict(state, **{"Mixed_6b.branch7x7_2.conv.weight": np.zeros((128, 128, 7, 1), np.float32)})
+        load({k: v for k, v in state.items() if k != "Mixed_7c.branch_pool.bn.running_var"})
     with pytest.raises(CheckpointError, match="mis-shaped tensors"):
-        inception.inception_from_state_dict(misshaped, source="misshaped")
+        load(dict(state, **{"Mixed_6b.branch7x7_2.conv.weight": np.zeros((128, 128, 7, 1), np.float32)}))
 
 
 def test_missing_weights_file_says_where_to_put_it(tmp_path):

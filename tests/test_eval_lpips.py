@@ -92,8 +92,9 @@ def test_aggregation_matches_lpips_formula_with_shipped_heads(backbone):
     feats0 = [rng.normal(size=(2, c, 6 - k, 5)).astype(np.float32) for k, c in enumerate(channels)]
     feats1 = [rng.normal(size=(2, c, 6 - k, 5)).astype(np.float32) for k, c in enumerate(channels)]
     want = _torch_aggregate([torch.from_numpy(f) for f in feats0], [torch.from_numpy(f) for f in feats1], heads)
-    got = lpips.lpips_from_features([f.transpose(0, 2, 3, 1) for f in feats0], [f.transpose(0, 2, 3, 1) for f in feats1],
-                                    [h[0, :, 0, 0].numpy() for h in (heads[f"lin{k}.model.1.weight"] for k in range(5))])
+    to_nhwc = lambda features: [f.transpose(0, 2, 3, 1) for f in features]  # noqa: E731
+    head_weights = [heads[f"lin{k}.model.1.weight"][0, :, 0, 0].numpy() for k in range(5)]
+    got = lpips.lpips_from_features(to_nhwc(feats0), to_nhwc(feats1), head_weights)
     np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5)
 
 

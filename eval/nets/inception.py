@@ -16,7 +16,6 @@ from flax import nnx
 
 from editdiff.interop.name_map import Layout, Rule, load_state_dict
 from eval import weights
-from eval.nets.frozen import build_with_zeros
 from eval.nets.layers import FrozenBatchNorm, avg_pool_exclude_padding, max_pool
 
 INPUT_SIZE = 299
@@ -231,7 +230,8 @@ def unused_inception_keys(state_dict: Mapping[str, np.ndarray]) -> list[str]:
 def inception_from_state_dict(state_dict: Mapping[str, np.ndarray], *, source: str,
                               dtype=jnp.float32) -> FIDInceptionV3:
     """FIDInceptionV3 holding `state_dict`; any missing, extra or mis-shaped tensor is a CheckpointError."""
-    model = build_with_zeros(lambda rngs: FIDInceptionV3(dtype=dtype, rngs=rngs))
+    # Abstract (eval_shape) construction skips random initialisers; loading makes every parameter concrete.
+    model = nnx.eval_shape(lambda: FIDInceptionV3(dtype=dtype, rngs=nnx.Rngs(0)))
     load_state_dict(model, state_dict, inception_rules(model), source=source,
                     ignore=unused_inception_keys(state_dict))
     return model

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from editdiff.interop.name_map import Layout, Rule
+from editdiff.interop.name_map import Rule, conv_rules
 from eval.nets.layers import max_pool
 
 
@@ -41,7 +41,7 @@ TAP = "tap"
 class TrunkSpec:
     name: str
     steps: tuple
-    classifier: tuple[tuple[str, tuple[int, ...]], ...]  # unused head tensors the torchvision file carries
+    classifier_layers: tuple[int, ...]  # `classifier.{i}` Linear layers in torchvision's file, unused here
 
     @property
     def convs(self) -> tuple[ConvStep, ...]:
@@ -58,11 +58,6 @@ class TrunkSpec:
         return tuple(out)
 
 
-def _classifier(*layers: tuple[int, int, int]) -> tuple:
-    return tuple(item for index, fan_in, fan_out in layers
-                 for item in ((f"classifier.{index}.weight", (fan_out, fan_in)), (f"classifier.{index}.bias", (fan_out,))))
-
-
 ALEXNET = TrunkSpec(
     name="alex",
     steps=(ConvStep(0, 3, 64, 11, stride=4, padding=2), TAP,
@@ -70,7 +65,7 @@ ALEXNET = TrunkSpec(
            PoolStep(3, 2), ConvStep(6, 192, 384, 3), TAP,
            ConvStep(8, 384, 256, 3), TAP,
            ConvStep(10, 256, 256, 3), TAP),
-    classifier=_classifier((1, 256 * 6 * 6, 4096), (4, 4096, 4096), (6, 4096, 1000)),
+    classifier_layers=(1, 4, 6),
 )
 
 VGG16 = TrunkSpec(
@@ -80,7 +75,7 @@ VGG16 = TrunkSpec(
            PoolStep(2, 2), ConvStep(10, 128, 256, 3), ConvStep(12, 256, 256, 3), ConvStep(14, 256, 256, 3), TAP,
            PoolStep(2, 2), ConvStep(17, 256, 512, 3), ConvStep(19, 512, 512, 3), ConvStep(21, 512, 512, 3), TAP,
            PoolStep(2, 2), ConvStep(24, 512, 512, 3), ConvStep(26, 512, 512, 3), ConvStep(28, 512, 512, 3), TAP),
-    classifier=_classifier((0, 512 * 7 * 7, 4096), (3, 4096, 4096), (6, 4096, 1000)),
+    classifier_layers=(0, 3, 6),
 )
 
 TRUNKS = {spec.name: spec for spec in (ALEXNET, VGG16)}
@@ -111,13 +106,10 @@ class TorchvisionTrunk(nnx.Module):
 
 def trunk_rules(spec: TrunkSpec) -> list[Rule]:
     """Flax path <-> torchvision `features.{i}.weight/bias` for every conv of the trunk."""
-    rules = []
-    for position, conv in enumerate(spec.convs):
-        rules.append(Rule(("convs", position, "kernel"), f"features.{conv.torch_index}.weight", Layout.CONV))
-        rules.append(Rule(("convs", position, "bias"), f"features.{conv.torch_index}.bias"))
-    return rules
+    return [rule for position, conv in enumerate(spec.convs)
+            for rule in conv_rules(("convs", position), f"features.{conv.torch_index}")]
 
 
 def unused_classifier_keys(spec: TrunkSpec) -> tuple[str, ...]:
     """The ImageNet classifier tensors in torchvision's file, which LPIPS never reads."""
-    return tuple(key for key, _ in spec.classifier)
+    return tuple(f"classifier.{i}.{name}" for i in spec.classifier_layers for name in ("weight", "bias"))
