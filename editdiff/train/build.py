@@ -32,6 +32,13 @@ def method_from_config(config: ml_collections.ConfigDict) -> Method:
     return module.METHOD(config)
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins the multi-host job when config.distributed.initialize asks (once per process; the cluster's
+    environment tells JAX the coordinator). Must run before anything touches the devices."""
+    if config.distributed.initialize and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
 def create_checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
     """The run's Checkpointer as the config's train.* keys describe it."""
     return Checkpointer(
@@ -87,6 +94,7 @@ def load_trained_model(
     """The model of the newest readable checkpoint in `workdir` (EMA parameters by default) and its step,
     for sampling, evaluation and export. Raises FileNotFoundError when the workdir holds no checkpoint."""
     validate_train_config(config)
+    initialize_distributed(config)
     method = method or method_from_config(config)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"No checkpoints in {workdir}: train first (main.py --mode=train)")

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from editdiff.methods.base import Method
 from editdiff.train import mesh as mesh_lib
-from editdiff.train.build import build_run_state, create_checkpointer, method_from_config
+from editdiff.train.build import build_run_state, create_checkpointer, initialize_distributed, method_from_config
 from editdiff.train.checkpoint import write_config_json
 from editdiff.train.config import validate_train_config
 from editdiff.train.hooks import PeriodicHooks, TrainView
@@ -137,8 +137,7 @@ def train_and_evaluate(
     finite (the newest checkpoint on disk stays the last good one).
     """
     validate_train_config(config)
-    if config.distributed.initialize:
-        jax.distributed.initialize()
+    initialize_distributed(config)
     method = method or method_from_config(config)
     create_train_iterator = create_train_iterator or _default_train_iterator_factory()
     train_config = config.train
