@@ -53,7 +53,8 @@ def _check_common(config: Any) -> None:
                             f"a divisor of hidden_size={config.hidden_size}")
     if config.hidden_act not in HIDDEN_ACTIVATIONS:
         raise _config_error(name, "hidden_act", config.hidden_act, " or ".join(map(repr, HIDDEN_ACTIVATIONS)))
-    if not config.layer_norm_eps > 0:
+    eps = config.layer_norm_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
         raise _config_error(name, "layer_norm_eps", config.layer_norm_eps, "a positive float")
     # The encoders are used frozen here, so dropout is not implemented; a checkpoint asking for it is refused
     # rather than silently run without it.
