@@ -216,7 +216,7 @@ print("outcome", outcome.step, outcome.preempted, flush=True)
 """
 
 
-def test_sigterm_from_outside_exits_cleanly_with_a_checkpoint(tmp_path):
+def test_sigterm_from_outside_exits_cleanly_with_a_checkpoint(tmp_path, caplog):
     script = CHILD_RUN.format(tests_dir=os.path.dirname(__file__), workdir=str(tmp_path))
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     for line in child.stdout:  # wait until training is under way
@@ -232,8 +232,10 @@ def test_sigterm_from_outside_exits_cleanly_with_a_checkpoint(tmp_path):
 
     config = tiny_config()
     config.train.num_steps = stopped_at + 2
-    _, recorder = run(config, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        _, recorder = run(config, tmp_path)
     assert sorted(recorder.metrics) == [stopped_at + 1, stopped_at + 2]
+    assert f"train.num_steps: 100000 -> {stopped_at + 2}" in caplog.text  # the resumed run's config change
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(reference, tmp_path):

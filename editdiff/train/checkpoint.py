@@ -8,6 +8,7 @@ CheckpointRestoreError is raised: a run never silently starts again from scratch
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,13 +25,34 @@ class CheckpointRestoreError(RuntimeError):
     """Checkpoints exist in the workdir but none of them can be restored."""
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def write_config_json(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes the run's config as `WORKDIR/config.json` (process 0 only); returns the path."""
+    """Writes the run's config as `WORKDIR/config.json` (process 0 only) and returns the path. When a
+    previous run in the workdir used a different config, the changed keys are logged as a warning."""
     path = os.path.join(workdir, "config.json")
     if jax.process_index() == 0:
+        text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+        if os.path.isfile(path):
+            with open(path) as f:
+                previous, current = _flatten(json.load(f)), _flatten(json.loads(text))
+            changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
+            if changed:
+                logging.warning(
+                    "The config differs from the previous run in %s: %s",
+                    workdir, ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed),
+                )
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+            f.write(text)
     return path
 
 
