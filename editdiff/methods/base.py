@@ -40,6 +40,16 @@ class Method(abc.ABC):
     def sample(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> jax.Array:
         """Edited images `(B, H, W, 3)` in [-1, 1] for the batch's inputs, with the config's sampler."""
 
+    @abc.abstractmethod
     def dummy_batch(self, batch_size: int) -> dict[str, Any]:
         """A batch of the right shapes and dtypes (zeros), for tracing and parameter overviews."""
-        raise NotImplementedError(f"{type(self).__name__} does not define dummy_batch")
+
+    def eval_sets(self) -> dict[str, dict[str, Any]]:
+        """Fixed, seeded evaluation batches by name (numpy arrays with the training batch's fields plus
+        `target`), for periodic sample grids and evaluation tables; none unless a method defines them."""
+        return {}
+
+    def export(self, model: nnx.Module, directory: str) -> list[str]:
+        """Writes the trained model as PyTorch-loadable directories (diffusers layout where one exists) under
+        `directory`; returns the paths written."""
+        raise NotImplementedError(f"{type(self).__name__} has no PyTorch export")
