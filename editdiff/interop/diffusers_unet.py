@@ -1,0 +1,146 @@
+"""diffusers UNet2DConditionModel / ControlNetModel directories <-> our Flax models.
+
+The name maps are built by walking the Flax model: one Rule per parameter, spelled with diffusers' keys. Where
+the two differ: Flax `downsample` / `upsample` are diffusers' `downsamplers.0` / `upsamplers.0`, the
+feed-forward's `proj_in` / `proj_out` are `ff.net.0.proj` / `ff.net.2`, attention `to_out` is `to_out.0`, and
+the transformers' proj_in / proj_out are 1x1 convs unless `use_linear_projection`.
+"""
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+from flax import nnx
+
+from editdiff.interop.name_map import (Layout, Rule, conv_rules, dense_rules, export_state_dict, load_state_dict,
+                                       norm_rules)
+from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
+from editdiff.nn.controlnet import ControlNetConfig, ControlNetModel
+from editdiff.nn.layers import Attention, ResnetBlock2D
+from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
+from editdiff.nn.unet_blocks import DownBlock2D, Transformer2DModel, UpBlock2D
+
+WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def resnet_rules(path: tuple, prefix: str, resnet: ResnetBlock2D) -> list[Rule]:
+    rules = norm_rules((*path, "norm1"), f"{prefix}.norm1") + conv_rules((*path, "conv1"), f"{prefix}.conv1")
+    if resnet.time_emb_proj is not None:
+        rules += dense_rules((*path, "time_emb_proj"), f"{prefix}.time_emb_proj")
+    rules += norm_rules((*path, "norm2"), f"{prefix}.norm2") + conv_rules((*path, "conv2"), f"{prefix}.conv2")
+    if resnet.conv_shortcut is not None:
+        rules += conv_rules((*path, "conv_shortcut"), f"{prefix}.conv_shortcut")
+    return rules
+
+
+def attention_rules(path: tuple, prefix: str, attention: Attention) -> list[Rule]:
+    rules = []
+    for name in ("to_q", "to_k", "to_v"):
+        rules += dense_rules((*path, name), f"{prefix}.{name}", bias=getattr(attention, name).bias is not None)
+    return rules + dense_rules((*path, "to_out"), f"{prefix}.to_out.0")
+
+
+def transformer_rules(path: tuple, prefix: str, transformer: Transformer2DModel, *,
+                      linear_projection: bool) -> list[Rule]:
+    projection = Layout.LINEAR if linear_projection else Layout.LINEAR_FROM_CONV1X1
+    rules = norm_rules((*path, "norm"), f"{prefix}.norm")
+    rules += dense_rules((*path, "proj_in"), f"{prefix}.proj_in", layout=projection)
+    for k, block in enumerate(transformer.transformer_blocks):
+        p, t = (*path, "transformer_blocks", k), f"{prefix}.transformer_blocks.{k}"
+        for norm in ("norm1", "norm2", "norm3"):
+            rules += norm_rules((*p, norm), f"{t}.{norm}")
+        rules += attention_rules((*p, "attn1"), f"{t}.attn1", block.attn1)
+        rules += attention_rules((*p, "attn2"), f"{t}.attn2", block.attn2)
+        rules += dense_rules((*p, "ff", "proj_in"), f"{t}.ff.net.0.proj")
+        rules += dense_rules((*p, "ff", "proj_out"), f"{t}.ff.net.2")
+    return rules + dense_rules((*path, "proj_out"), f"{prefix}.proj_out", layout=projection)
+
+
+def block_rules(path: tuple, prefix: str, block, *, linear_projection: bool) -> list[Rule]:
+    """A down, mid or up block: its resnets, its transformers (if any) and its down/upsampler (if any)."""
+    rules = []
+    for j, resnet in enumerate(block.resnets):
+        rules += resnet_rules((*path, "resnets", j), f"{prefix}.resnets.{j}", resnet)
+    for j, transformer in enumerate(getattr(block, "attentions", None) or ()):
+        rules += transformer_rules((*path, "attentions", j), f"{prefix}.attentions.{j}", transformer,
+                                   linear_projection=linear_projection)
+    if isinstance(block, DownBlock2D) and block.downsample is not None:
+        rules += conv_rules((*path, "downsample", "conv"), f"{prefix}.downsamplers.0.conv")
+    if isinstance(block, UpBlock2D) and block.upsample is not None:
+        rules += conv_rules((*path, "upsample", "conv"), f"{prefix}.upsamplers.0.conv")
+    return rules
+
+
+def _encoder_rules(model: UNet2DConditionModel | ControlNetModel) -> list[Rule]:
+    """conv_in, time embedding, down blocks and mid block: the part a U-Net and its ControlNet share."""
+    linear = model.config.use_linear_projection
+    rules = conv_rules(("conv_in",), "conv_in")
+    rules += dense_rules(("time_embedding", "linear_1"), "time_embedding.linear_1")
+    rules += dense_rules(("time_embedding", "linear_2"), "time_embedding.linear_2")
+    for i, block in enumerate(model.down_blocks):
+        rules += block_rules(("down_blocks", i), f"down_blocks.{i}", block, linear_projection=linear)
+    return rules + block_rules(("mid_block",), "mid_block", model.mid_block, linear_projection=linear)
+
+
+def unet_rules(model: UNet2DConditionModel) -> list[Rule]:
+    """One Rule per parameter of `model`: Flax path <-> diffusers UNet2DConditionModel state-dict key."""
+    rules = _encoder_rules(model)
+    for i, block in enumerate(model.up_blocks):
+        rules += block_rules(("up_blocks", i), f"up_blocks.{i}", block,
+                             linear_projection=model.config.use_linear_projection)
+    return rules + norm_rules(("conv_norm_out",), "conv_norm_out") + conv_rules(("conv_out",), "conv_out")
+
+
+def controlnet_rules(model: ControlNetModel) -> list[Rule]:
+    """One Rule per parameter of `model`: Flax path <-> diffusers ControlNetModel state-dict key."""
+    rules = _encoder_rules(model)
+    embedding = ("controlnet_cond_embedding",)
+    rules += conv_rules((*embedding, "conv_in"), "controlnet_cond_embedding.conv_in")
+    for i in range(len(model.controlnet_cond_embedding.blocks)):
+        rules += conv_rules((*embedding, "blocks", i), f"controlnet_cond_embedding.blocks.{i}")
+    rules += conv_rules((*embedding, "conv_out"), "controlnet_cond_embedding.conv_out")
+    for i in range(len(model.controlnet_down_blocks)):
+        rules += conv_rules(("controlnet_down_blocks", i), f"controlnet_down_blocks.{i}")
+    return rules + conv_rules(("controlnet_mid_block",), "controlnet_mid_block")
+
+
+def _parse_config(directory, config_cls):
+    try:
+        return config_cls.from_diffusers(read_config(directory))
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"{directory}: {e}") from e
+
+
+def load_unet(directory: str | os.PathLike, *, dtype=jnp.float32) -> UNet2DConditionModel:
+    """Reads a diffusers UNet2DConditionModel directory (config.json + diffusion_pytorch_model.safetensors or
+    .bin) into a UNet2DConditionModel computing in `dtype`. Any mismatch is a CheckpointError that names it."""
+    config = _parse_config(directory, UNetConfig)
+    state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
+    # Built abstractly: every parameter comes from the file, so random initialisation would be wasted work.
+    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=dtype))
+    load_state_dict(model, state_dict, unet_rules(model), source=path)
+    return model
+
+
+def export_unet(model: UNet2DConditionModel, directory: str | os.PathLike) -> None:
+    """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' UNet2DConditionModel loads."""
+    write_config(directory, model.config.to_diffusers())
+    write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]), export_state_dict(model, unet_rules(model)))
+
+
+def load_controlnet(directory: str | os.PathLike, *, dtype=jnp.float32) -> ControlNetModel:
+    """Reads a diffusers ControlNetModel directory into a ControlNetModel computing in `dtype`."""
+    config = _parse_config(directory, ControlNetConfig)
+    state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
+    model = nnx.eval_shape(lambda: ControlNetModel(config, rngs=nnx.Rngs(0), dtype=dtype))
+    load_state_dict(model, state_dict, controlnet_rules(model), source=path)
+    return model
+
+
+def export_controlnet(model: ControlNetModel, directory: str | os.PathLike) -> None:
+    """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' ControlNetModel loads."""
+    write_config(directory, model.config.to_diffusers())
+    write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]),
+                      export_state_dict(model, controlnet_rules(model)))

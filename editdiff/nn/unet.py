@@ -1,0 +1,284 @@
+"""The SD-1.x / SD-2.x latent U-Net (diffusers' UNet2DConditionModel) in Flax NNX, NHWC.
+
+`UNetConfig` carries diffusers' config.json names one to one; `UNet2DConditionModel` computes
+
+    emb = time_embedding(sinusoid(t));  h = conv_in(z)
+    h, skips = down_blocks(h, emb, context)      # skips[i] += down_residuals[i]   (ControlNet convention)
+    h = mid_block(h, emb, context) + mid_residual
+    h = up_blocks(h, skips, emb, context)
+    eps = conv_out(silu(conv_norm_out(h)))
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from editdiff.nn.layers import TimestepEmbedding, conv2d, group_norm, timestep_embedding
+from editdiff.nn.unet_blocks import (CrossAttentionSpec, DownBlock2D, UNetMidBlock2D, UNetMidBlock2DCrossAttn,
+                                     UpBlock2D)
+
+Dtype = jnp.dtype
+
+DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
+UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
+MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D")
+
+# diffusers config keys we do not implement: accepted only with the value that leaves the model unchanged.
+UNET_FIXED_KEYS: dict[str, Any] = {
+    "center_input_sample": False, "only_cross_attention": False, "dropout": 0.0,
+    "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
+    "dual_cross_attention": False, "class_embed_type": None, "addition_embed_type": None,
+    "addition_time_embed_dim": None, "num_class_embeds": None, "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional",
+    "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
+    "projection_class_embeddings_input_dim": None, "attention_type": "default",
+    "class_embeddings_concat": False, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
+    "addition_embed_type_num_heads": 64, "num_attention_heads": None,
+}
+
+
+def per_block(value: int | Sequence[int], num_blocks: int) -> tuple[int, ...]:
+    """A per-block setting given as one int (same for every block) or one value per block, as a tuple."""
+    return (value,) * num_blocks if isinstance(value, int) else tuple(value)
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def config_from_diffusers(cls: type, config: Mapping[str, Any], fixed_keys: Mapping[str, Any]) -> Any:
+    """Builds dataclass `cls` from a diffusers config.json dict.
+
+    Keys starting with "_" (class name, version) are metadata; keys in `fixed_keys` must hold exactly that
+    value; any other key must be a field of `cls`. Anything else is a ValueError naming every offending key.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs, problems = {}, []
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key in fields:
+            kwargs[key] = _as_tuples(value)
+        elif key in fixed_keys:
+            if _as_tuples(value) != _as_tuples(fixed_keys[key]):
+                problems.append(f"{key}={value!r} (only {fixed_keys[key]!r} is supported)")
+        else:
+            problems.append(f"{key}={value!r} (unknown key)")
+    if problems:
+        raise ValueError(f"{cls.__name__}.from_diffusers: unsupported config: {'; '.join(problems)}")
+    return cls(**kwargs)
+
+
+def check_choice(owner: str, key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}: {key}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_per_block(owner: str, key: str, value: Any, num_blocks: int) -> None:
+    if not isinstance(value, int) and len(value) != num_blocks:
+        raise ValueError(f"{owner}: {key}={value!r} must be an int or have one entry per block ({num_blocks})")
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """diffusers' UNet2DConditionModel config, the subset we implement (fields carry config.json names).
+
+    `attention_head_dim` is, as in diffusers, the number of heads (its historical misnomer); per-block
+    settings are an int or one value per down block.
+    """
+
+    sample_size: int | tuple[int, int] | None = None
+    in_channels: int = 4
+    out_channels: int = 4
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                         "DownBlock2D")
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                       "CrossAttnUpBlock2D")
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int | tuple[int, ...] = 2
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    act_fn: str = "silu"
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int = 1280
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    attention_head_dim: int | tuple[int, ...] = 8
+    use_linear_projection: bool = False
+    upcast_attention: bool = False
+    time_embedding_dim: int | None = None
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+
+    def __post_init__(self):
+        owner, n = "UNetConfig", len(self.down_block_types)
+        for block_type in self.down_block_types:
+            check_choice(owner, "down_block_types", block_type, DOWN_BLOCK_TYPES)
+        for block_type in self.up_block_types:
+            check_choice(owner, "up_block_types", block_type, UP_BLOCK_TYPES)
+        check_choice(owner, "mid_block_type", self.mid_block_type, MID_BLOCK_TYPES)
+        check_choice(owner, "act_fn", self.act_fn, ("silu", "swish"))
+        check_choice(owner, "downsample_padding", self.downsample_padding, (0, 1))
+        for key in ("block_out_channels", "up_block_types"):
+            if len(getattr(self, key)) != n:
+                raise ValueError(f"{owner}: {key}={getattr(self, key)!r} must have one entry per down block ({n})")
+        for key in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim"):
+            check_per_block(owner, key, getattr(self, key), n)
+        for key in ("conv_in_kernel", "conv_out_kernel"):
+            if getattr(self, key) % 2 != 1:
+                raise ValueError(f"{owner}: {key}={getattr(self, key)!r} must be odd (same-size convolution)")
+        for channels in self.block_out_channels:
+            if channels % self.norm_num_groups:
+                raise ValueError(f"{owner}: block_out_channels={self.block_out_channels!r} must be multiples of "
+                                 f"norm_num_groups={self.norm_num_groups}")
+
+    @classmethod
+    def from_diffusers(cls, config: Mapping[str, Any]) -> "UNetConfig":
+        """From a diffusers UNet2DConditionModel config.json dict; unsupported keys or values raise ValueError."""
+        return config_from_diffusers(cls, config, UNET_FIXED_KEYS)
+
+    def to_diffusers(self) -> dict:
+        """The config.json dict diffusers' UNet2DConditionModel.from_pretrained reads."""
+        return {"_class_name": "UNet2DConditionModel",
+                **{k: _as_lists(v) for k, v in dataclasses.asdict(self).items()}}
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    @property
+    def has_cross_attention(self) -> bool:
+        return ("CrossAttnDownBlock2D" in self.down_block_types or "CrossAttnUpBlock2D" in self.up_block_types
+                or self.mid_block_type == "UNetMidBlock2DCrossAttn")
+
+
+def build_down_blocks(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.List:
+    """The encoder stages of a U-Net or ControlNet `config` (both carry diffusers' field names)."""
+    n = len(config.down_block_types)
+    heads = per_block(config.attention_head_dim, n)
+    layers = per_block(config.layers_per_block, n)
+    transformer_layers = per_block(config.transformer_layers_per_block, n)
+    blocks, out_channels = [], config.block_out_channels[0]
+    for i, block_type in enumerate(config.down_block_types):
+        in_channels, out_channels = out_channels, config.block_out_channels[i]
+        spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i])
+                if block_type == "CrossAttnDownBlock2D" else None)
+        blocks.append(DownBlock2D(in_channels, out_channels, temb_channels=temb_channels, num_layers=layers[i],
+                                  add_downsample=i < n - 1, groups=config.norm_num_groups, eps=config.norm_eps,
+                                  downsample_padding=config.downsample_padding, cross_attention=spec,
+                                  dtype=dtype, rngs=rngs))
+    return nnx.List(blocks)
+
+
+def build_mid_block(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rngs
+                    ) -> UNetMidBlock2DCrossAttn | UNetMidBlock2D:
+    """The middle stage of a U-Net or ControlNet `config`, as diffusers' `get_mid_block` builds it."""
+    n = len(config.down_block_types)
+    channels = config.block_out_channels[-1]
+    common = dict(temb_channels=temb_channels, groups=config.norm_num_groups, eps=config.norm_eps,
+                  output_scale_factor=config.mid_block_scale_factor, dtype=dtype, rngs=rngs)
+    if config.mid_block_type == "UNetMidBlock2DCrossAttn":
+        spec = CrossAttentionSpec(per_block(config.attention_head_dim, n)[-1], config.cross_attention_dim,
+                                  per_block(config.transformer_layers_per_block, n)[-1])
+        return UNetMidBlock2DCrossAttn(channels, cross_attention=spec, **common)
+    return UNetMidBlock2D(channels, **common)
+
+
+def embed_timesteps(time_embedding: TimestepEmbedding, config, timesteps: jax.Array | float, batch: int,
+                    dtype: Dtype) -> jax.Array:
+    """(B,) or scalar timesteps -> (B, time_embed_dim) embedding: sinusoid(t) then the time MLP."""
+    timesteps = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), (batch,))
+    sinusoid = timestep_embedding(timesteps, config.block_out_channels[0], flip_sin_to_cos=config.flip_sin_to_cos,
+                                  freq_shift=config.freq_shift)
+    return time_embedding(sinusoid.astype(dtype))
+
+
+def num_skip_connections(config) -> int:
+    """conv_in's output, one per down-block layer, one per downsampler: the length of `down_residuals`."""
+    n = len(config.down_block_types)
+    return 1 + sum(per_block(config.layers_per_block, n)) + (n - 1)
+
+
+class UNet2DConditionModel(nnx.Module):
+    """The conditional denoiser; params float32, computation in `dtype`."""
+
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
+        self.config = config
+        self.dtype = dtype
+        n = len(config.down_block_types)
+        channels = config.block_out_channels
+        temb = config.time_embed_dim
+        self.conv_in = conv2d(config.in_channels, channels[0], config.conv_in_kernel,
+                              padding=(config.conv_in_kernel - 1) // 2, dtype=dtype, rngs=rngs)
+        self.time_embedding = TimestepEmbedding(channels[0], temb, dtype=dtype, rngs=rngs)
+        self.down_blocks = build_down_blocks(config, temb_channels=temb, dtype=dtype, rngs=rngs)
+        self.mid_block = build_mid_block(config, temb_channels=temb, dtype=dtype, rngs=rngs)
+
+        heads = per_block(config.attention_head_dim, n)[::-1]
+        layers = per_block(config.layers_per_block, n)[::-1]
+        transformer_layers = per_block(config.transformer_layers_per_block, n)[::-1]
+        reversed_channels = channels[::-1]
+        up_blocks = []
+        for i, block_type in enumerate(config.up_block_types):
+            spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i])
+                    if block_type == "CrossAttnUpBlock2D" else None)
+            up_blocks.append(UpBlock2D(
+                reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
+                temb_channels=temb, num_layers=layers[i] + 1, add_upsample=i < n - 1,
+                groups=config.norm_num_groups, eps=config.norm_eps, cross_attention=spec, dtype=dtype, rngs=rngs))
+        self.up_blocks = nnx.List(up_blocks)
+
+        self.conv_norm_out = group_norm(channels[0], groups=config.norm_num_groups, eps=config.norm_eps,
+                                        dtype=dtype, rngs=rngs)
+        self.conv_out = conv2d(channels[0], config.out_channels, config.conv_out_kernel,
+                               padding=(config.conv_out_kernel - 1) // 2, dtype=dtype, rngs=rngs)
+
+    def __call__(self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array | None,
+                 *, down_residuals: Sequence[jax.Array | None] | None = None,
+                 mid_residual: jax.Array | None = None) -> jax.Array:
+        """Predicts (B, H, W, out_channels) in `dtype` from a (B, H, W, in_channels) latent.
+
+        timesteps: (B,) or a scalar. encoder_hidden_states: (B, L, cross_attention_dim), may be None only when
+        no block has cross-attention. down_residuals: one (B, h, w, c) per skip connection (diffusers'
+        ControlNet order, `num_skip_connections(config)` of them; None entries add nothing), added to the skips;
+        mid_residual: (B, h, w, c) added to the mid-block output.
+        """
+        if encoder_hidden_states is None and self.config.has_cross_attention:
+            raise ValueError("UNet2DConditionModel: encoder_hidden_states is None but the config has "
+                             "cross-attention blocks")
+        if down_residuals is not None and len(down_residuals) != num_skip_connections(self.config):
+            raise ValueError(f"UNet2DConditionModel: {len(down_residuals)} down_residuals given, the U-Net has "
+                             f"{num_skip_connections(self.config)} skip connections")
+        context = None if encoder_hidden_states is None else encoder_hidden_states.astype(self.dtype)
+        emb = embed_timesteps(self.time_embedding, self.config, timesteps, sample.shape[0], self.dtype)
+
+        h = self.conv_in(sample.astype(self.dtype))
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, emb, context)
+            skips.extend(block_skips)
+        if down_residuals is not None:
+            skips = [s if r is None else s + r.astype(s.dtype) for s, r in zip(skips, down_residuals)]
+
+        h = self.mid_block(h, emb, context)
+        if mid_residual is not None:
+            h = h + mid_residual.astype(h.dtype)
+
+        for block in self.up_blocks:
+            block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+            # Upsample to the next skip's size, not 2x, so odd latent sizes line up (diffusers' upsample_size).
+            upsample_size = skips[-1].shape[1:3] if block.upsample is not None else None
+            h = block(h, tuple(block_skips), emb, context, upsample_size)
+
+        return self.conv_out(jax.nn.silu(self.conv_norm_out(h)))

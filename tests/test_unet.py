@@ -1,0 +1,139 @@
+"""UNet2DConditionModel: parity with diffusers (float32, random weights), config checks, bf16, jit + grad."""
+import dataclasses
+
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from editdiff.interop.diffusers_unet import load_unet
+from editdiff.nn.unet import UNetConfig, embed_timesteps
+from unet_testing import SD1_TINY, apply, randomize, to_nchw, to_nhwc
+
+PARITY_CONFIGS = {
+    # batch 2, non-square latent
+    "sd1_conv_proj": (SD1_TINY, (2, 8, 12), 7),
+    "sd2_linear_proj_per_block_heads_upcast": (dict(
+        sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=40,
+        attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 2, 1), use_linear_projection=True,
+        upcast_attention=True, norm_num_groups=8), (2, 8, 16), 5),
+    # first block without attention; odd latent size (upsampling to the skip's size); per-block layer counts
+    "first_block_down_block_odd_latent": (dict(
+        sample_size=8, block_out_channels=(16, 32, 32), layers_per_block=(1, 2, 1),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=12,
+        attention_head_dim=2, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
+        mid_block_scale_factor=1.5, norm_num_groups=8, norm_eps=1e-6), (2, 9, 6), 3),
+    # the Palette++ baseline: no cross-attention anywhere, concatenated inputs
+    "no_cross_attention": (dict(
+        sample_size=8, in_channels=9, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2D", norm_num_groups=8), (2, 8, 8), None),
+}
+
+
+def _reference_and_ours(tmp_path_factory, diffusers_config, seed=0):
+    reference = randomize(diffusers.UNet2DConditionModel(**diffusers_config), seed)
+    directory = tmp_path_factory.mktemp("unet")
+    reference.save_pretrained(directory)
+    return reference, load_unet(directory), directory
+
+
+def _inputs(config, shape, context_len, seed=0):
+    rng = np.random.default_rng(seed)
+    batch, h, w = shape
+    sample = rng.standard_normal((batch, h, w, config.get("in_channels", 4))).astype(np.float32)
+    timesteps = np.array([3, 817][:batch], np.int64)
+    context = (None if context_len is None else
+               rng.standard_normal((batch, context_len, config["cross_attention_dim"])).astype(np.float32))
+    return sample, timesteps, context
+
+
+@pytest.mark.parametrize("name", list(PARITY_CONFIGS))
+def test_matches_diffusers(name, tmp_path_factory):
+    diffusers_config, shape, context_len = PARITY_CONFIGS[name]
+    reference, ours, _ = _reference_and_ours(tmp_path_factory, diffusers_config)
+    sample, timesteps, context = _inputs(diffusers_config, shape, context_len)
+    with torch.no_grad():
+        expected = to_nhwc(reference(to_nchw(sample), torch.from_numpy(timesteps),
+                                     None if context is None else torch.from_numpy(context)).sample)
+    got = np.asarray(apply(ours, jnp.asarray(sample), jnp.asarray(timesteps),
+                           None if context is None else jnp.asarray(context)))
+    error = float(np.abs(got - expected).max())
+    print(f"{name}: max abs error vs diffusers {error:.3g} (output scale {np.abs(expected).max():.3g})")
+    assert got.shape == expected.shape
+    assert error <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory):
+    return _reference_and_ours(tmp_path_factory, SD1_TINY, seed=1)
+
+
+def test_scalar_timestep_broadcasts_over_batch(sd1):
+    _, ours, _ = sd1
+    scalar = embed_timesteps(ours.time_embedding, ours.config, 250, 2, jnp.float32)
+    per_example = embed_timesteps(ours.time_embedding, ours.config, jnp.array([250, 250]), 2, jnp.float32)
+    assert scalar.shape == (2, ours.config.time_embed_dim)
+    np.testing.assert_array_equal(np.asarray(scalar), np.asarray(per_example))
+
+
+def test_bfloat16_compute_keeps_float32_params(sd1):
+    _, ours, directory = sd1
+    ours_bf16 = load_unet(directory, dtype=jnp.bfloat16)
+    assert {p[...].dtype for _, p in nnx.to_flat_state(nnx.state(ours_bf16, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    # The shapes of the sd1 parity case: the float32 forward is already compiled.
+    sample, timesteps, context = _inputs(SD1_TINY, (2, 8, 12), 7)
+    args = jnp.asarray(sample), jnp.asarray(timesteps), jnp.asarray(context)
+    reference, got = np.asarray(apply(ours, *args)), apply(ours_bf16, *args)
+    assert got.dtype == jnp.bfloat16
+    relative = np.abs(np.asarray(got, np.float32) - reference).max() / np.abs(reference).max()
+    print(f"bfloat16 vs float32: max abs error / output scale {relative:.3g}")
+    assert relative < 0.05
+
+
+def test_missing_context_is_an_error_when_cross_attention_exists(sd1):
+    _, ours, _ = sd1
+    with pytest.raises(ValueError, match="encoder_hidden_states is None"):
+        ours(jnp.zeros((1, 8, 8, 4)), 1, None)
+
+
+def test_wrong_number_of_down_residuals_is_an_error(sd1):
+    _, ours, _ = sd1
+    with pytest.raises(ValueError, match="2 down_residuals given, the U-Net has 4 skip connections"):
+        ours(jnp.zeros((1, 8, 8, 4)), 1, jnp.zeros((1, 3, 24)), down_residuals=(None, None))
+
+
+def test_config_round_trips_through_diffusers_dict():
+    config = UNetConfig.from_diffusers(PARITY_CONFIGS["first_block_down_block_odd_latent"][0])
+    assert UNetConfig.from_diffusers(config.to_diffusers()) == config
+    assert config.layers_per_block == (1, 2, 1)
+
+
+def test_config_accepts_metadata_and_default_valued_unsupported_keys():
+    config = UNetConfig.from_diffusers({**SD1_TINY, "_class_name": "UNet2DConditionModel",
+                                        "_diffusers_version": "0.42.1", "dropout": 0.0, "class_embed_type": None})
+    assert config.block_out_channels == (32, 64)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"down_block_types": ("AttnDownBlock2D", "DownBlock2D")}, "down_block_types='AttnDownBlock2D'"),
+    ({"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}, "mid_block_type='UNetMidBlock2DSimpleCrossAttn'"),
+    ({"class_embed_type": "timestep"}, r"class_embed_type='timestep' \(only None is supported\)"),
+    ({"dropout": 0.1}, r"dropout=0.1 \(only 0.0 is supported\)"),
+    ({"made_up_key": 3}, r"made_up_key=3 \(unknown key\)"),
+    ({"attention_head_dim": (2, 4, 8)}, "attention_head_dim=.* one entry per block"),
+])
+def test_unsupported_config_is_an_error_naming_it(change, message):
+    with pytest.raises(ValueError, match=message):
+        UNetConfig.from_diffusers({**SD1_TINY, **change})
+
+
+def test_dataclass_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        UNetConfig().in_channels = 3
