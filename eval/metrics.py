@@ -13,6 +13,8 @@ All functions are pure and jit-able; they compute in the inputs' float dtype (fl
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -89,17 +91,15 @@ def gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype
 
 
 def _gaussian_filter_valid(maps: jax.Array, taps: jax.Array) -> jax.Array:
-    """Separable Gaussian blur of every channel of (N, H, W, C) without padding: -> (N, H-k+1, W-k+1, C)."""
-    channels = maps.shape[-1]
+    """Separable Gaussian blur of every channel of (N, H, W, C) without padding: -> (N, H-k+1, W-k+1, C).
+
+    A weighted sum of k shifted slices per axis: XLA fuses it into one pass, where a grouped (depthwise)
+    convolution runs ~20x slower on CPU.
+    """
     k = taps.shape[0]
-
-    def blur(x, kernel_hw):
-        kernel = jnp.broadcast_to(taps.reshape(kernel_hw + (1, 1)), kernel_hw + (1, channels))
-        return jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
-
-    return blur(blur(maps, (k, 1)), (1, k))
+    height, width = maps.shape[1] - k + 1, maps.shape[2] - k + 1
+    rows = sum(taps[i] * maps[:, i:i + height] for i in range(k))
+    return sum(taps[i] * rows[:, :, i:i + width] for i in range(k))
 
 
 def ssim_map(pred: jax.Array, target: jax.Array, data_range: float, *, y_channel: bool = False) -> jax.Array:
@@ -124,6 +124,9 @@ def ssim_map(pred: jax.Array, target: jax.Array, data_range: float, *, y_channel
     return numerator / denominator
 
 
+@functools.partial(jax.jit, static_argnames=("y_channel",))
 def ssim(pred: jax.Array, target: jax.Array, data_range: float, *, y_channel: bool = False) -> jax.Array:
-    """Mean SSIM per image (valid region, then channels), scikit-image's paper settings: -> (B,)."""
+    """Mean SSIM per image (valid region, then channels), scikit-image's paper settings: -> (B,).
+
+    Jitted here (one compile per shape) because eagerly its 44 slice-and-add steps dispatch one by one."""
     return jnp.mean(ssim_map(pred, target, data_range, y_channel=y_channel), axis=(1, 2, 3))
