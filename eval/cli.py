@@ -18,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", required=True, help="folder of target images (paired by file name)")
     parser.add_argument("--metrics", default="l1,psnr,ssim", help=f"comma-separated, from: {','.join(METRICS)}")
     parser.add_argument("--weights", default=None, help="folder with the backbone weight files (lpips, kid, fid)")
+    parser.add_argument("--clip", default=None, help="transformers CLIP folder (for the clip metric)")
     parser.add_argument("--out", required=True, help="results JSON path; the markdown table goes beside it (.md)")
     parser.add_argument("--y-channel", action="store_true", help="PSNR / SSIM / MSE on BT.601 luma")
     parser.add_argument("--lpips-backbone", default="alex", choices=("alex", "vgg"))
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         options = ScoringOptions(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
-                                 weights_dir=args.weights, y_channel=args.y_channel,
+                                 weights_dir=args.weights, clip_dir=args.clip, y_channel=args.y_channel,
                                  lpips_backbone=args.lpips_backbone)
         results = score_folders(args.pred, args.target, options)
     except (ValueError, MissingWeightsError, NotADirectoryError) as error:

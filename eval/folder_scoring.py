@@ -1,6 +1,7 @@
 """Scoring a folder of predictions against a folder of targets, image by image and as a set.
 
-Images are read as RGB in [0, 1] (data range 1); pixel metrics and LPIPS give one row per matched pair, KID
+Images are read as RGB in [0, 1] (data range 1); pixel metrics, LPIPS and CLIP image-embedding similarity give
+one row per matched pair, KID
 and FID one number for the whole set from Inception pool3 features. Files that cannot be scored (unmatched,
 unreadable, sizes that differ, too small for a metric) are listed as problems; they never stop the run.
 """
@@ -13,8 +14,10 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from eval import distribution, metrics
+from eval.embedding import cosine_similarity
 from eval.folders import Problem, pair_folders, read_rgb
 from eval.lpips import load_lpips
 from eval.nets.frozen import jit_inference
@@ -23,7 +26,8 @@ from eval.streaming import FeatureBank, MetricTable
 
 PIXEL_METRICS = ("l1", "mse", "rmse", "psnr", "ssim")
 SET_METRICS = ("kid", "fid")
-METRICS = PIXEL_METRICS + ("lpips",) + SET_METRICS
+EMBEDDING_METRICS = ("clip",)  # cosine similarity of CLIP image embeddings
+METRICS = PIXEL_METRICS + ("lpips",) + EMBEDDING_METRICS + SET_METRICS
 DATA_RANGE = 1.0  # images are read into [0, 1]
 
 
@@ -31,6 +35,7 @@ DATA_RANGE = 1.0  # images are read into [0, 1]
 class ScoringOptions:
     metrics: tuple[str, ...]
     weights_dir: str | None = None
+    clip_dir: str | None = None  # a transformers CLIP folder, for the "clip" metric
     y_channel: bool = False  # PSNR / SSIM / MSE / RMSE on BT.601 luma
     lpips_backbone: str = "alex"
     kid_subsets: int = distribution.KID_SUBSETS
@@ -40,9 +45,11 @@ class ScoringOptions:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"metrics: {list(self.metrics)} has unknown {unknown}; allowed: {', '.join(METRICS)}")
-        needs_weights = [m for m in self.metrics if m not in PIXEL_METRICS]
+        needs_weights = [m for m in self.metrics if m not in PIXEL_METRICS + EMBEDDING_METRICS]
         if needs_weights and self.weights_dir is None:
             raise ValueError(f"metrics {needs_weights} need network weights: pass weights_dir (--weights DIR)")
+        if "clip" in self.metrics and self.clip_dir is None:
+            raise ValueError("metric 'clip' needs a transformers CLIP folder: pass clip_dir (--clip DIR)")
 
 
 @functools.partial(jax.jit, static_argnames=("names", "y_channel"))
@@ -64,6 +71,20 @@ def _to_signed(image: np.ndarray) -> jax.Array:
     return jnp.asarray(image[None] * 2.0 - 1.0)
 
 
+def _clip_similarity_fn(clip_dir: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """cos(CLIP(pred), CLIP(target)) per image, jitted; CLIP's code loads only when this metric is asked for."""
+    from eval.clip_features import clip_image_embeddings, load_clip_image_encoder
+
+    graphdef, state = nnx.split(load_clip_image_encoder(clip_dir))
+
+    @jax.jit
+    def similarity(state, pred, target):
+        model = nnx.merge(graphdef, state)
+        return cosine_similarity(clip_image_embeddings(model, pred), clip_image_embeddings(model, target))
+
+    return lambda pred, target: similarity(state, pred, target)
+
+
 def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> dict:
     """Scores matched image pairs; returns {pred_dir, target_dir, settings, count, means, set_metrics, rows,
     problems}. Missing weights raise before any image is read; file problems are collected, not raised."""
@@ -71,6 +92,7 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
     lpips_fn = jit_inference(load_lpips(options.weights_dir, options.lpips_backbone)) if "lpips" in chosen else None
     wants_features = any(m in chosen for m in SET_METRICS)
     inception_fn = jit_inference(load_inception(options.weights_dir)) if wants_features else None
+    clip_fn = _clip_similarity_fn(options.clip_dir) if "clip" in chosen else None
     pixel_names = tuple(m for m in chosen if m in PIXEL_METRICS)
 
     pairing = pair_folders(pred_dir, target_dir)
@@ -93,6 +115,8 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
         row = dict(_pixel_rows(pred[None], target[None], pixel_names, options.y_channel)) if pixel_names else {}
         if lpips_fn is not None:
             row["lpips"] = lpips_fn(_to_signed(pred), _to_signed(target))
+        if clip_fn is not None:
+            row["clip"] = clip_fn(_to_signed(pred), _to_signed(target))
         table.add([name], row)
         if inception_fn is not None:
             pred_features.add(np.asarray(inception_fn(_to_signed(pred))))

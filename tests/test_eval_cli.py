@@ -4,10 +4,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 from flax import nnx
 from PIL import Image
 
 from editdiff.interop.name_map import flax_params
+from editdiff.nn.clip_preprocess import resize_center_crop
 from eval import cli, metrics, streaming
 from eval.nets import inception
 
@@ -105,6 +107,24 @@ def test_lpips_and_kid_with_weight_files(folders, tmp_path):
     assert results["count"] == 3 and all(row["lpips"] > 0 for row in results["rows"])
     kid = results["set_metrics"]["kid"]
     assert np.isfinite(kid["mean"]) and kid["std"] >= 0 and np.isfinite(results["set_metrics"]["fid"])
+
+
+def test_clip_similarity_rows_match_transformers(folders, tmp_path):
+    pred, target, images = folders
+    torch.manual_seed(0)
+    config = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, projection_dim=16,
+                                           num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    reference = transformers.CLIPVisionModelWithProjection(config).eval()
+    reference.save_pretrained(tmp_path / "clip")
+    out = tmp_path / "results.json"
+    assert cli.main(["--pred", str(pred), "--target", str(target), "--metrics", "clip",
+                     "--clip", str(tmp_path / "clip"), "--out", str(out)]) == 0
+    rows = {row["name"]: row["clip"] for row in json.loads(out.read_text())["rows"]}
+    for name, (p, t) in images.items():
+        pixels = [np.array(resize_center_crop(x[None] / 127.5 - 1.0, size=32)).transpose(0, 3, 1, 2) for x in (p, t)]
+        with torch.no_grad():
+            a, b = (reference(pixel_values=torch.from_numpy(x)).image_embeds[0].numpy() for x in pixels)
+        assert rows[name] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
 
 
 def test_metric_table_means_over_images_that_have_the_metric():
