@@ -10,4 +10,6 @@ preemption.py  SIGTERM -> save and stop
 build.py       a run's state on the mesh, fresh or restored; load_trained_model for eval/sample/export
 hooks.py       PeriodicHooks (metrics, samples, evaluation) and the TrainView they see
 loop.py        train_and_evaluate(config, workdir, *, method=None, ...)
+edit_reports.py  hooks writing sample grids and evaluation tables for image-editing methods
+modes.py       what `main.py --mode=train|eval|sample|export` does
 """
