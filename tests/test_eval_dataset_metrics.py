@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from eval import depth, distribution, embedding, multilabel, segmentation
+from eval import depth, distribution, embedding, multilabel, segmentation, streaming
 
 
 @pytest.fixture
@@ -183,3 +183,20 @@ def test_cosine_similarity(rng):
     want = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     np.testing.assert_allclose(embedding.cosine_similarity(a, b), want, rtol=1e-5)
     assert float(embedding.cosine_similarity(np.zeros((1, 3)), np.ones((1, 3)))[0]) == 0.0
+
+
+# --- streaming accumulation ---------------------------------------------------------------------------------
+
+def test_streaming_accumulators_equal_one_shot_results(rng):
+    pred, target = rng.integers(0, 4, size=(2, 6, 8, 8))
+    confusion = streaming.ConfusionMatrix(4, ignore_index=None)
+    for p, t in zip(pred, target):  # one image at a time
+        confusion.add(p, t)
+    np.testing.assert_array_equal(confusion.counts, segmentation.confusion_matrix(pred, target, 4, ignore_index=None))
+    assert confusion.miou() == pytest.approx(segmentation.miou(confusion.counts))
+    features = rng.normal(size=(30, 5))
+    bank = streaming.FeatureBank()
+    for chunk in np.split(features, [7, 19]):
+        bank.add(chunk)
+    assert len(bank) == 30
+    np.testing.assert_allclose(bank.statistics().cov, np.cov(features.astype(np.float32), rowvar=False), rtol=1e-6)
