@@ -30,8 +30,9 @@ NORM_EPS = 1e-6  # hard-coded by diffusers' Encoder / Decoder, not a config key
 class VAEConfig:
     """diffusers' AutoencoderKL config; field names and defaults are diffusers'.
 
-    Kept only so that an exported config.json says what the source said: `sample_size` (used by diffusers for
-    tiling) and `force_upcast` (a pipeline hint; our compute dtype is the constructor's `dtype`).
+    `sample_size` (diffusers' tiling) and `force_upcast` (a pipeline hint; our compute dtype is the
+    constructor's `dtype`) have no effect here: they are kept so that an exported config.json says what the
+    source said.
     `shift_factor`, `latents_mean` and `latents_std` (SD3 / Flux style latent normalisation) must be None:
     our latent is `scaling_factor * mean`, nothing else.
     """
@@ -83,6 +84,9 @@ class VAEConfig:
                 fail(key, "must be a positive int")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             fail("norm_num_groups", f"must divide every block_out_channels {self.block_out_channels}")
+        if isinstance(self.scaling_factor, bool) or not isinstance(self.scaling_factor, (int, float)) \
+                or self.scaling_factor <= 0:
+            fail("scaling_factor", "must be a positive number")
         if self.act_fn not in ACTIVATIONS:
             fail("act_fn", f"supported: {ACTIVATIONS}")
         for key in ("shift_factor", "latents_mean", "latents_std"):
