@@ -19,7 +19,7 @@ from editdiff.train.build import load_trained_model
 from editdiff.train.checkpoint import Checkpointer, CheckpointRestoreError
 from editdiff.train.config import default_train_config
 from editdiff.train.hooks import PeriodicHooks
-from editdiff.train.loop import NonFiniteLossError, train_and_evaluate
+from editdiff.train.loop import NonFiniteLossError, TrainOutcome, train_and_evaluate
 from editdiff.train.optimizer import create_optimizer
 from editdiff.train.state import init_train_state, split_model
 
@@ -154,6 +154,12 @@ def test_only_trainable_parameters_change_and_hold_optimizer_state(reference):
     trained = reference[2].final_view.model(ema=False)
     np.testing.assert_array_equal(trained.frozen_encoder.kernel[...], initial.frozen_encoder.kernel[...])
     assert not np.allclose(trained.head.layers[0].kernel[...], initial.head.layers[0].kernel[...])
+
+
+def test_rerunning_a_finished_run_trains_nothing(reference, tmp_path):
+    shutil.copytree(reference[0], tmp_path / "run")
+    outcome, recorder = run(tiny_config(), tmp_path / "run")
+    assert outcome == TrainOutcome(step=NUM_STEPS, preempted=False) and not recorder.metrics
 
 
 def test_load_trained_model_restores_the_newest_checkpoint(reference, tmp_path):

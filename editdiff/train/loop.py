@@ -152,6 +152,10 @@ def train_and_evaluate(
         if jax.tree.leaves(run.frozen):
             parameter_overview.log_parameter_overview(nnx.to_pure_dict(run.frozen), msg="Frozen parameters")
         start_step = int(run.state.step)
+        if start_step >= train_config.num_steps:
+            logging.info("%s already holds step %d of %d: nothing to train.", workdir, start_step,
+                         train_config.num_steps)
+            return TrainOutcome(step=start_step, preempted=False)
         logging.info("Training steps %d..%d on mesh %s", start_step + 1, train_config.num_steps, dict(mesh.shape))
         train_step = jit_train_step(
             make_train_step(method, run.graphdef, optimizer, seed=config.seed, ema_decay=train_config.ema_decay),
