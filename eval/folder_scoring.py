@@ -1,9 +1,9 @@
 """Scoring a folder of predictions against a folder of targets, image by image and as a set.
 
 Images are read as RGB in [0, 1] (data range 1); pixel metrics, LPIPS and CLIP image-embedding similarity give
-one row per matched pair, KID
-and FID one number for the whole set from Inception pool3 features. Files that cannot be scored (unmatched,
-unreadable, sizes that differ, too small for a metric) are listed as problems; they never stop the run.
+one row per matched pair, KID and FID one number for the whole set from Inception pool3 features. Files that
+cannot be scored (unmatched, unreadable, sizes that differ, too small for a metric) are listed as problems;
+they never stop the run.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from eval.folders import Problem, pair_folders, read_rgb
 from eval.lpips import load_lpips
 from eval.nets.frozen import jit_inference
 from eval.nets.inception import load_inception
+from eval.nets.torchvision_trunks import TRUNKS
 from eval.streaming import FeatureBank, MetricTable
 
 PIXEL_METRICS = ("l1", "mse", "rmse", "psnr", "ssim")
@@ -94,6 +95,8 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
     inception_fn = jit_inference(load_inception(options.weights_dir)) if wants_features else None
     clip_fn = _clip_similarity_fn(options.clip_dir) if "clip" in chosen else None
     pixel_names = tuple(m for m in chosen if m in PIXEL_METRICS)
+    min_sizes = {m: size for m, size in (("ssim", metrics.SSIM_WINDOW),
+                                         ("lpips", TRUNKS[options.lpips_backbone].min_input_size)) if m in chosen}
 
     pairing = pair_folders(pred_dir, target_dir)
     problems: list[Problem] = list(pairing.problems)
@@ -108,9 +111,9 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
         if pred.shape != target.shape:
             problems.append(Problem(pred_path, f"size {pred.shape[:2]} differs from the target's {target.shape[:2]}"))
             continue
-        if "ssim" in pixel_names and min(pred.shape[:2]) < metrics.SSIM_WINDOW:
-            window = metrics.SSIM_WINDOW
-            problems.append(Problem(pred_path, f"smaller than SSIM's {window}x{window} window"))
+        too_small = [f"{m} needs {size}x{size}" for m, size in min_sizes.items() if min(pred.shape[:2]) < size]
+        if too_small:
+            problems.append(Problem(pred_path, f"too small ({pred.shape[0]}x{pred.shape[1]}): {', '.join(too_small)}"))
             continue
         row = dict(_pixel_rows(pred[None], target[None], pixel_names, options.y_channel)) if pixel_names else {}
         if lpips_fn is not None:

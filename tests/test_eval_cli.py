@@ -39,6 +39,8 @@ def folders(tmp_path_factory):
     _save(target / "broken.png", images["a"][1])
     _save(pred / "small.png", images["a"][0][:8, :8])
     _save(target / "small.png", images["a"][1][:8, :9])
+    _save(pred / "tiny.png", images["a"][0][:8, :8])
+    _save(target / "tiny.png", images["a"][1][:8, :8])
     return pred, target, images
 
 
@@ -60,6 +62,7 @@ def test_pixel_metrics_rows_and_problems(folders, tmp_path):
     assert reasons["only_target.png:target"] == "no prediction with this name"
     assert reasons["broken.png:pred"].startswith("unreadable image")
     assert "differs from the target" in reasons["small.png:pred"]
+    assert reasons["tiny.png:pred"] == "too small (8x8): ssim needs 11x11"
     markdown = out.with_suffix(".md").read_text()
     assert "| psnr (mean per image) |" in markdown and "no target with this name" in markdown
 

@@ -57,6 +57,22 @@ class TrunkSpec:
                 out.append(channels)
         return tuple(out)
 
+    def output_size(self, size: int) -> int:
+        """The side of the last tapped map for a `size` x `size` input (<= 0: the input is too small)."""
+        for step in self.steps:
+            if isinstance(step, ConvStep):
+                size = (size + 2 * step.padding - step.kernel) // step.stride + 1
+            elif isinstance(step, PoolStep):
+                size = (size - step.window) // step.stride + 1
+            if size <= 0:
+                return size
+        return size
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest square input every tap has a pixel for (AlexNet 31, VGG16 16)."""
+        return next(size for size in range(1, 1024) if self.output_size(size) > 0)
+
 
 ALEXNET = TrunkSpec(
     name="alex",
