@@ -16,6 +16,8 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
 
         python main.py --config configs/multitask.py:sd15 --config.pretrained=/path/to/sd15 --workdir runs/sd15
 
+  tiny — for tests and smoke runs: 16 px crops, a very small U-Net, two steps.
+
 Modifiers, e.g. `configs/multitask.py:sd15,palette`:
 
   palette        Palette++: C broadcast spatially and concatenated to the U-Net input; no cross-attention.
@@ -32,9 +34,7 @@ from __future__ import annotations
 import ml_collections
 
 from editdiff.train.config import default_train_config
-from input_pipeline.config import default_data_config
-
-TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")
+from input_pipeline.config import TASKS, default_data_config
 
 
 def _demo_unet() -> ml_collections.ConfigDict:
@@ -93,6 +93,21 @@ def _demo(config: ml_collections.ConfigDict) -> None:
     t.log_every, t.checkpoint_every, t.sample_every, t.eval_every = 100, 1000, 1000, 0
 
 
+def _tiny(config: ml_collections.ConfigDict) -> None:
+    """For tests and smoke runs: 16 px crops, a two-level U-Net of width 16/32, a few steps."""
+    config.data.crop_size = 16
+    config.data.batch_size = 8
+    config.data.eval.size = 2
+    config.model.mapping.update(hidden_dim=16, num_tokens=2)
+    config.model.unet.update(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32),
+                             attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8)
+    config.sampler.num_steps = 2
+    t = config.train
+    t.num_steps, t.warmup_steps, t.log_every, t.checkpoint_every = 2, 0, 1, 1
+    t.async_checkpointing = False
+
+
 def _sd15(config: ml_collections.ConfigDict) -> None:
     config.model.autoencoder = "vae"
     config.model.unet = ml_collections.ConfigDict()  # read from config.pretrained/unet/config.json
@@ -124,15 +139,13 @@ def _apply_modifier(config: ml_collections.ConfigDict, modifier: str) -> None:
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    """`arg` = preset (demo | sd15) followed by comma-separated modifiers."""
+    """`arg` = preset (demo | sd15 | tiny) followed by comma-separated modifiers."""
     preset, *modifiers = [part.strip() for part in (arg or "demo").split(",")]
     config = _base()
-    if preset == "demo":
-        _demo(config)
-    elif preset == "sd15":
-        _sd15(config)
-    else:
-        raise ValueError(f"configs/multitask.py: unknown preset {preset!r}; allowed: demo, sd15")
+    presets = {"demo": _demo, "sd15": _sd15, "tiny": _tiny}
+    if preset not in presets:
+        raise ValueError(f"configs/multitask.py: unknown preset {preset!r}; allowed: {', '.join(presets)}")
+    presets[preset](config)
     for modifier in modifiers:
         _apply_modifier(config, modifier)
     return config

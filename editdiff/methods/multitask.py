@@ -81,7 +81,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if config.sampler.num_steps > config.diffusion.num_train_timesteps:
             problems.append(f"config.sampler.num_steps = {config.sampler.num_steps} is invalid; allowed: at most "
                             f"config.diffusion.num_train_timesteps = {config.diffusion.num_train_timesteps}")
-        factor = (8 if config.model.autoencoder == "vae" else config.model.patch_factor)
+        factor = config.model.patch_factor
+        if config.model.autoencoder == "vae" and os.path.isdir(config.pretrained):
+            from editdiff.interop.torch_io import read_config
+            from editdiff.nn.vae import VAEConfig
+
+            factor = VAEConfig.from_diffusers(read_config(os.path.join(config.pretrained, "vae"))).downsample_factor
         if config.data.crop_size % factor:
             problems.append(f"config.data.crop_size = {config.data.crop_size} is invalid; allowed: a multiple of "
                             f"the autoencoder's downsampling factor {factor}")

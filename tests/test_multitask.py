@@ -1,0 +1,162 @@
+"""The main job end to end on the tiny preset: train through the library entry point, sharded vs one device,
+eval / sample / export modes, the exported PyTorch path, the comparison arms, config validation."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from configs.multitask import get_config
+from editdiff.methods.multitask import MultitaskMethod, widen_conv_in
+from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
+from editdiff.train import modes
+from editdiff.train.hooks import PeriodicHooks
+from editdiff.train.loop import train_and_evaluate
+
+
+class LossRecorder(PeriodicHooks):
+    def __init__(self):
+        self.losses = {}
+
+    def on_metrics(self, step, metrics):
+        self.losses[step] = metrics["loss"]
+
+
+def tiny(arg: str = "tiny"):
+    config = get_config(arg)
+    config.mesh.data, config.mesh.fsdp = 1, 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """Two steps of the tiny preset through `modes.train`, with sample grids and evaluation at the end."""
+    workdir = str(tmp_path_factory.mktemp("multitask"))
+    outcome = modes.train(tiny(), workdir)
+    assert outcome.step == 2 and not outcome.preempted
+    return workdir
+
+
+def test_train_writes_checkpoints_samples_and_tables(trained_workdir):
+    assert sorted(os.listdir(os.path.join(trained_workdir, "checkpoints"))) == ["1", "2"]
+    assert os.path.isfile(os.path.join(trained_workdir, "samples", "step_0000002.png"))
+    with open(os.path.join(trained_workdir, "eval", "step_0000002.json")) as f:
+        scores = json.load(f)["scores"]
+    expected = {"blur", "grain", "colour", "inpaint", "sharpen",
+                "blur+grain", "blur+grain+colour", "grain+colour", "grain+colour+sharpen"}
+    assert set(scores) == expected
+    for by_who in scores.values():
+        assert set(by_who) == {"model", "do-nothing"}
+        assert all(np.isfinite(v) for values in by_who.values() for v in values.values())
+    table = open(os.path.join(trained_workdir, "eval", "step_0000002.md")).read()
+    assert "| do-nothing |" in table and "| model |" in table and "grain+colour+sharpen SSIM" in table
+
+
+def test_eval_and_sample_modes_restore_the_newest_checkpoint(trained_workdir):
+    scores = modes.evaluate(tiny(), trained_workdir)
+    with open(os.path.join(trained_workdir, "eval", "step_0000002.json")) as f:
+        written = json.load(f)["scores"]
+    flat = lambda s: {(n, who, m): v for n, by_who in s.items() for who, vs in by_who.items() for m, v in vs.items()}  # noqa: E731
+    assert flat(scores) == pytest.approx(flat(written), rel=1e-5)  # same EMA model, same seeded sampler noise
+    assert os.path.isfile(modes.sample(tiny(), trained_workdir))
+
+
+def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
+    from diffusers import UNet2DConditionModel as TorchUNet
+
+    from editdiff.interop.mapping_network import load_torch_mapping_network
+    from editdiff.train.build import load_trained_model
+
+    config = tiny()
+    written = modes.export(config, trained_workdir)
+    export_dir = os.path.join(trained_workdir, "export")
+    assert {os.path.relpath(p, export_dir) for p in written} == {
+        "unet", "mapping", os.path.join("scheduler", "scheduler_config.json"), "multitask.json"}
+
+    method = MultitaskMethod(config)
+    model, _ = load_trained_model(config, trained_workdir, method=method)
+    batch = {k: jnp.asarray(v) for k, v in method.eval_sets()["grain+colour"].items()}
+    conditions, context = model.conditions(batch)
+    z_t = jax.random.normal(jax.random.key(3), conditions.shape[:3] + (model.autoencoder.latent_channels,))
+    t = jnp.array([10, 900], jnp.int32)
+    expected = model.denoise(z_t, t, conditions, context)
+
+    unet = TorchUNet.from_pretrained(os.path.join(export_dir, "unet")).eval()
+    mapping = load_torch_mapping_network(os.path.join(export_dir, "mapping"))
+    nchw = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)  # noqa: E731
+    with torch.no_grad():
+        torch_context = mapping(torch.from_numpy(np.array(batch["edit_vector"])))
+        unet_input = torch.cat([nchw(z_t), nchw(conditions)], dim=1)
+        prediction = unet(unet_input, torch.from_numpy(np.array(t)), torch_context).sample
+    err = np.abs(prediction.permute(0, 2, 3, 1).numpy() - np.asarray(expected)).max()
+    print(f"exported diffusers U-Net + torch mapping vs JAX noise prediction: max abs error {err:.2e}")
+    assert err < 1e-4
+
+
+def test_eight_devices_data4_fsdp2_give_the_one_device_loss(tmp_path):
+    losses = {}
+    for data, fsdp in ((1, 1), (4, 2)):
+        config = tiny()
+        config.train.num_steps = 1
+        config.mesh.data, config.mesh.fsdp = data, fsdp
+        config.mesh.fsdp_min_size = 256  # shard the U-Net's larger kernels over fsdp for real
+        recorder = LossRecorder()
+        train_and_evaluate(config, str(tmp_path / f"{data}x{fsdp}"), hooks=[recorder])
+        losses[(data, fsdp)] = recorder.losses[1]
+    print(f"step-1 loss: one device {losses[(1, 1)]:.7f}, (data=4, fsdp=2) {losses[(4, 2)]:.7f}")
+    assert losses[(4, 2)] == pytest.approx(losses[(1, 1)], rel=1e-5)
+
+
+@pytest.mark.parametrize("arg", ["tiny,palette", "tiny,no_labels,mapping_depth=3", "tiny,single=colour"])
+def test_comparison_arms_build_and_give_a_finite_loss(arg):
+    config = tiny(arg)
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))
+    if "palette" in arg:
+        assert model.mapping is None and not model.unet.config.has_cross_attention
+    else:
+        assert len(model.mapping.layers) == config.model.mapping.depth
+    batch = {k: jnp.asarray(v) for k, v in method.dummy_batch(2).items()}
+    loss, _ = method.loss(model, batch, jax.random.key(0))
+    assert np.isfinite(float(loss))
+
+
+def test_widened_conv_in_keeps_the_pretrained_prediction():
+    config = UNetConfig(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(8, 16),
+                        layers_per_block=1, attention_head_dim=2, cross_attention_dim=8, norm_num_groups=4)
+    unet = UNet2DConditionModel(config, rngs=nnx.Rngs(0))
+    widened = widen_conv_in(unet, 11)
+    z = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
+    context = jax.random.normal(jax.random.key(1), (1, 3, 8))
+    extra = jax.random.normal(jax.random.key(2), (1, 8, 8, 7))
+    before = unet(z, jnp.array([5]), context)
+    after = widened(jnp.concatenate([z, extra], -1), jnp.array([5]), context)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.conditioning", "film", "config.model.conditioning = 'film' is invalid; allowed: one of"),
+    ("sampler.name", "euler", "config.sampler.name = 'euler' is invalid"),
+    ("diffusion.loss", "l3", "config.diffusion.loss = 'l3' is invalid; allowed: one of 'l2', 'l1'"),
+    ("data.crop_size", 18, "config.data.crop_size = 18 is invalid; allowed: a multiple of"),
+    ("model.autoencoder", "vae", "needs config.pretrained"),
+])
+def test_invalid_config_is_one_clear_error_before_anything_compiles(tmp_path, key, value, message):
+    config = tiny()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        modes.train(config, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_unknown_preset_or_modifier_names_what_is_allowed():
+    with pytest.raises(ValueError, match="unknown preset 'sd21'; allowed: demo, sd15, tiny"):
+        get_config("sd21")
+    with pytest.raises(ValueError, match="unknown modifier 'single=rain'"):
+        get_config("demo,single=rain")
