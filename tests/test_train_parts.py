@@ -138,3 +138,14 @@ def test_split_model_rejects_low_precision_or_empty_trainable_parameters():
     model.weight = nnx.Param(jnp.ones((4,), jnp.bfloat16))
     with pytest.raises(ValueError, match="must be float32; these are not: weight: bfloat16"):
         split_model(model, method.trainable)
+
+
+def test_weight_decay_shrinks_matrices_but_not_vectors():
+    config = default_train_config().train
+    config.weight_decay, config.warmup_steps, config.learning_rate = 0.5, 0, 0.1
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    optimizer = create_optimizer(config)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)))
+    np.testing.assert_array_equal(updates["bias"], np.zeros(2))
