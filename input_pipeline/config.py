@@ -10,6 +10,7 @@ import math
 
 import ml_collections
 
+TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # the order of e1..e5 in the editing vector
 SOURCE_KINDS = ("bundled", "folder", "paired", "tfds")
 LABEL_SETS = ("single", "combinations")
 SMALL_IMAGE_POLICIES = ("upscale", "pad", "skip")
@@ -41,6 +42,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.batch_size = 12  # global batch; each host gets batch_size // process_count
     cfg.seed = 0
     cfg.label_set = "single"  # "single": all-off + each single task (the paper); "combinations": any subset
+    cfg.tasks = TASKS  # the tasks training may switch on (a subset gives the single-task baselines)
     cfg.num_parallel_calls = 2
     cfg.prefetch_batches = 2
 
@@ -121,6 +123,9 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
         _fail("seed", cfg.seed, "an integer")
     if cfg.label_set not in LABEL_SETS:
         _fail("label_set", cfg.label_set, f"one of {LABEL_SETS}")
+    if (not isinstance(cfg.tasks, (tuple, list)) or not cfg.tasks or len(set(cfg.tasks)) != len(cfg.tasks)
+            or any(t not in TASKS for t in cfg.tasks)):
+        _fail("tasks", cfg.tasks, f"a non-empty tuple of distinct task names from {TASKS}")
     _check_positive("num_parallel_calls", cfg.num_parallel_calls, integer=True)
     _check_positive("prefetch_batches", cfg.prefetch_batches, integer=True, allow_zero=True)
 

@@ -147,7 +147,7 @@ class TrainIterator:
         local = global_batch // process_count
         first = process_index * local
         positions = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max)
-        table = label_table(cfg.label_set)
+        table = label_table(cfg.label_set, tuple(cfg.tasks))
 
         def index_and_labels(position):
             index = (position // local) * global_batch + first + position % local

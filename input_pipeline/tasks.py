@@ -35,22 +35,25 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import effects
+from input_pipeline.config import TASKS
 from input_pipeline.effects.motion_blur import kernel_size
 from input_pipeline.randomness import purpose_seed
 
-TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")
 EVAL_COMBINATIONS = ("blur+grain", "blur+grain+colour", "grain+colour", "grain+colour+sharpen")
 EDIT_VECTOR_SIZE = 4 + len(TASKS)
 
 
-def label_table(label_set: str) -> np.ndarray:
-    """The label vectors training draws uniformly from: `(L, 5)` float32.
+def label_table(label_set: str, tasks: tuple[str, ...] = TASKS) -> np.ndarray:
+    """The label vectors training draws uniformly from: `(L, 5)` float32, only `tasks` ever on.
 
-    'single': all-off and each single task (the paper, Sec. 4.1); 'combinations': every subset of the tasks.
+    'single': all-off and each single task (the paper, Sec. 4.1); 'combinations': every subset of `tasks`.
     """
+    enabled = np.array([t in tasks for t in TASKS], np.float32)
     if label_set == "single":
-        return np.concatenate([np.zeros((1, len(TASKS))), np.eye(len(TASKS))]).astype(np.float32)
-    return np.array(list(itertools.product([0.0, 1.0], repeat=len(TASKS))), np.float32)
+        rows = np.concatenate([np.zeros((1, len(TASKS))), np.eye(len(TASKS))[enabled > 0]])
+    else:
+        rows = np.array([r for r in itertools.product([0.0, 1.0], repeat=len(TASKS)) if not np.any(np.array(r) > enabled)])
+    return rows.astype(np.float32)
 
 
 def labels_of(name: str) -> np.ndarray:

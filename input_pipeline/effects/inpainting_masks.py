@@ -6,8 +6,9 @@ by angles drawn around 2 pi / 5 (+- up to 2 pi / 15, alternately mirrored), each
 the polyline is drawn with one width in [min_width, max_width] (12-40 px at 256 px, scaled with the crop) and
 round joins. With `box_probability` a rectangle of sides in [crop/4, crop/2] is added to the hole.
 
-Convention: 1 = keep, 0 = hole. Hole coverage measured over 2,000 masks at 64 and 256 px with the default
-config (tests/test_effects.py checks these ranges): mean 0.33 +- 0.05, every mask in [0.005, 0.95].
+Convention: 1 = keep, 0 = hole. Hole fraction over 1,000 masks at 256 px with the default config: mean 0.21,
+std 0.10, min 0.008, max 0.52, 1st / 99th percentiles 0.02 / 0.43 (strokes alone: mean 0.15, max 0.39); the
+same at 64 px. tests/test_effects.py checks mean in [0.17, 0.25], std in [0.06, 0.13], all in [0.005, 0.6].
 """
 from __future__ import annotations
 
@@ -19,14 +20,13 @@ MEAN_ANGLE = 2.0 * math.pi / 5.0
 ANGLE_RANGE = 2.0 * math.pi / 15.0
 
 
-def _segment_distance(points: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.Tensor:
-    """Distance from `(P, 2)` points to each of the `(S, 2)` segments start->end: `(P, S)`."""
-    direction = end - start
-    length_sq = tf.reduce_sum(direction ** 2, axis=-1)
-    rel = points[:, None, :] - start[None]
-    t = tf.clip_by_value(tf.reduce_sum(rel * direction[None], -1) / tf.maximum(length_sq, 1e-9)[None], 0.0, 1.0)
-    closest = start[None] + t[..., None] * direction[None]
-    return tf.norm(points[:, None, :] - closest, axis=-1)
+def _segment_distance_sq(xs: tf.Tensor, ys: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.Tensor:
+    """Squared distance from points (xs, ys) `(P, 1)` to each of the `(S, 2)` segments start->end: `(P, S)`."""
+    dx, dy = end[:, 0] - start[:, 0], end[:, 1] - start[:, 1]
+    rel_x, rel_y = xs - start[:, 0], ys - start[:, 1]
+    t = tf.clip_by_value((rel_x * dx + rel_y * dy) / tf.maximum(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
+    off_x, off_y = rel_x - t * dx, rel_y - t * dy
+    return off_x * off_x + off_y * off_y
 
 
 def free_form_mask(seed: tf.Tensor, size: int, *, min_vertices: int = 4, max_vertices: int = 11,
@@ -66,13 +66,13 @@ def free_form_mask(seed: tf.Tensor, size: int, *, min_vertices: int = 4, max_ver
 
     coords = tf.range(size, dtype=tf.float32) + 0.5
     ys, xs = tf.meshgrid(coords, coords, indexing="ij")
-    points = tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], axis=-1)
     starts = tf.reshape(vertices[:, :-1], [-1, 2])
     ends = tf.reshape(vertices[:, 1:], [-1, 2])
     step_index = tf.tile(tf.range(steps)[None], [strokes, 1])
     active = (step_index < num_vertices[:, None]) & (tf.range(strokes)[:, None] < num_strokes)
     half_width = tf.reshape(tf.tile(widths[:, None] / 2.0, [1, steps]), [-1])
-    hit = (_segment_distance(points, starts, ends) <= half_width[None]) & tf.reshape(active, [-1])[None]
+    distance_sq = _segment_distance_sq(tf.reshape(xs, [-1, 1]), tf.reshape(ys, [-1, 1]), starts, ends)
+    hit = (distance_sq <= (half_width * half_width)[None]) & tf.reshape(active, [-1])[None]
     hole = tf.reshape(tf.reduce_any(hit, axis=-1), [size, size])
 
     flips = uniform([2], 8)

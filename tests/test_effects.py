@@ -1,0 +1,195 @@
+"""Each compositing effect against an independent reference (NumPy / SciPy / Pillow) or its defining property."""
+import numpy as np
+import pytest
+import scipy.ndimage
+import skimage.data
+import tensorflow as tf
+from PIL import Image, ImageFilter
+
+from input_pipeline.effects.colour_transfer import colour_transfer, lab_to_rgb, match_statistics, rgb_to_lab
+from input_pipeline.effects.film_grain import film_grain
+from input_pipeline.effects.inpainting_masks import free_form_mask
+from input_pipeline.effects.motion_blur import motion_blur, motion_blur_kernel
+from input_pipeline.effects.unsharp import gaussian_blur, unsharp_combine, unsharp_mask
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A 48 x 48 crop of the astronaut photo, float32 in [0, 1]."""
+    return skimage.data.astronaut()[180:228, 200:248].astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def reference_photo():
+    return skimage.data.coffee()[150:198, 300:348].astype(np.float32) / 255.0
+
+
+# --- motion blur ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,angle", [(1.0, 0.3), (5.0, 0.0), (8.5, 1.1), (15.0, 2.9)])
+def test_motion_kernel_sums_to_one(length, angle):
+    kernel = motion_blur_kernel(tf.constant(length), tf.constant(angle), 15).numpy()
+    assert kernel.min() >= 0.0
+    np.testing.assert_allclose(kernel.sum(), 1.0, rtol=1e-6)
+
+
+def test_horizontal_motion_kernel_is_a_centred_segment():
+    kernel = motion_blur_kernel(tf.constant(5.0), tf.constant(0.0), 7).numpy()
+    expected = np.zeros((7, 7), np.float32)
+    expected[3, 1:6] = 0.2
+    np.testing.assert_allclose(kernel, expected, atol=1e-6)
+
+
+def test_zero_blur_is_identity(photo):
+    out = motion_blur(tf.constant(photo), tf.constant(0.0), tf.constant(0.7), max_length=11.0).numpy()
+    np.testing.assert_array_equal(out, photo)
+
+
+def test_motion_blur_spreads_a_point_into_the_kernel():
+    image = np.zeros((21, 21, 3), np.float32)
+    image[10, 10] = 1.0
+    out = motion_blur(tf.constant(image), tf.constant(1.0), tf.constant(0.5), max_length=9.0).numpy()
+    kernel = motion_blur_kernel(tf.constant(9.0), tf.constant(0.5), 9).numpy()
+    np.testing.assert_allclose(out[6:15, 6:15, 0], kernel[::-1, ::-1], atol=1e-6)
+
+
+# --- unsharp masking -----------------------------------------------------------------------------------------
+
+def _numpy_unsharp(image, amount, threshold, sigma):
+    radius = int(np.ceil(3 * sigma))
+    blurred = scipy.ndimage.gaussian_filter(image.astype(np.float64), sigma=(sigma, sigma, 0), mode="mirror",
+                                            truncate=radius / sigma)
+    detail = image - blurred
+    return np.clip(np.where(np.abs(detail) > threshold, image + amount * detail, image), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("amount,threshold", [(1.0, 0.0), (2.5, 0.03), (3.0, 0.1)])
+def test_unsharp_matches_numpy_reference(photo, amount, threshold):
+    out = unsharp_mask(tf.constant(photo), tf.constant(amount), tf.constant(threshold), blur_sigma=1.0).numpy()
+    np.testing.assert_allclose(out, _numpy_unsharp(photo, amount, threshold, 1.0), atol=2e-5)
+
+
+@pytest.mark.parametrize("percent,threshold", [(150, 0), (200, 4), (300, 12)])
+def test_unsharp_threshold_follows_pillow(photo, percent, threshold):
+    """Pillow's UnsharpMask: pixels with |x - blur(x)| <= threshold (uint8 units) stay unchanged."""
+    pil = Image.fromarray((photo * 255).round().astype(np.uint8))
+    blurred = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius=2)), np.float32)
+    expected = np.asarray(pil.filter(ImageFilter.UnsharpMask(radius=2, percent=percent, threshold=threshold)),
+                          np.float32)
+    x = np.asarray(pil, np.float32)
+    ours = unsharp_combine(tf.constant(x / 255), tf.constant(blurred / 255), tf.constant(percent / 100),
+                           tf.constant(threshold / 255 + 1e-6)).numpy() * 255
+    untouched = np.abs(x - blurred) <= threshold
+    assert untouched.any() and (~untouched).any()
+    np.testing.assert_array_equal(expected[untouched], x[untouched])
+    np.testing.assert_array_equal(np.round(ours)[untouched], x[untouched])
+    assert np.abs(np.round(ours) - expected).max() <= 1.0
+
+
+def test_gaussian_blur_keeps_flat_images():
+    flat = np.full((20, 20, 3), 0.4, np.float32)
+    np.testing.assert_allclose(gaussian_blur(tf.constant(flat), 1.5).numpy(), flat, atol=1e-6)
+
+
+# --- Reinhard colour transfer --------------------------------------------------------------------------------
+
+# The paper's matrices (Reinhard et al. 2001, eqs. 1-6), written out independently of the module. Its printed
+# LMS -> RGB matrix is not quite the inverse of RGB -> LMS (row 3 is off: B @ A differs from I by 7e-3), so
+# the reference inverts the forward matrix, as the module does; the printed one is checked to be close.
+_RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_PRINTED_LMS2RGB = np.array([[4.4679, -3.5873, 0.1193], [-1.2186, 2.3809, -0.1624], [0.0497, -0.2439, 1.2045]])
+_LMS2RGB = np.linalg.inv(_RGB2LMS)
+_TO_LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+_FROM_LAB = np.array([[1, 1, 1], [1, 1, -1], [1, -2, 0]]) @ np.diag([np.sqrt(3) / 3, np.sqrt(6) / 6, np.sqrt(2) / 2])
+
+
+def _numpy_reinhard(source, reference):
+    def to_lab(rgb):
+        return np.log10(np.maximum(rgb.astype(np.float64) @ _RGB2LMS.T, 1e-4)) @ _TO_LAB.T
+
+    src, ref = to_lab(source), to_lab(reference)
+    out = (src - src.mean((0, 1))) * ref.std((0, 1)) / src.std((0, 1)) + ref.mean((0, 1))
+    return np.clip((10.0 ** (out @ _FROM_LAB.T)) @ _LMS2RGB.T, 0.0, 1.0)
+
+
+def test_reinhard_matches_numpy_reference(photo, reference_photo):
+    np.testing.assert_allclose(_PRINTED_LMS2RGB, _LMS2RGB, atol=0.02)
+    out = colour_transfer(tf.constant(photo), tf.constant(reference_photo)).numpy()
+    np.testing.assert_allclose(out, _numpy_reinhard(photo, reference_photo), atol=1e-4)
+
+
+def test_reinhard_output_has_reference_lab_statistics(photo, reference_photo):
+    """Before the final clip, the output's per-channel l-alpha-beta mean and std are the reference's."""
+    reference_lab = rgb_to_lab(tf.constant(reference_photo)).numpy()
+    unclipped = lab_to_rgb(match_statistics(rgb_to_lab(tf.constant(photo)), tf.constant(reference_lab)))
+    out_lab = rgb_to_lab(unclipped).numpy()
+    np.testing.assert_allclose(out_lab.mean((0, 1)), reference_lab.mean((0, 1)), atol=2e-4)
+    np.testing.assert_allclose(out_lab.std((0, 1)), reference_lab.std((0, 1)), rtol=2e-3, atol=1e-5)
+
+
+def test_reinhard_with_itself_is_identity(photo):
+    out = colour_transfer(tf.constant(photo), tf.constant(photo)).numpy()
+    np.testing.assert_allclose(out, photo, atol=3e-4)
+
+
+# --- film grain ----------------------------------------------------------------------------------------------
+
+_SEED = tf.constant([3, 4], tf.int64)
+
+
+@pytest.mark.parametrize("grey", [0.2, 0.5, 0.8])
+def test_grain_preserves_mean_on_flat_patches(grey):
+    flat = np.full((32, 32, 3), grey, np.float32)
+    out = film_grain(tf.constant(flat), tf.constant(0.05), _SEED, monte_carlo_samples=16).numpy()
+    assert abs(out.mean() - grey) < 0.015
+    assert out.std() > 0.02  # it is grain, not the input
+
+
+def test_grain_variance_grows_with_radius():
+    flat = tf.fill([32, 32, 3], 0.5)
+    variances = [film_grain(flat, tf.constant(r), _SEED, monte_carlo_samples=256).numpy().var()
+                 for r in (0.01, 0.05, 0.1)]
+    assert variances[0] < variances[1] < variances[2], variances
+    assert variances[2] > 1.3 * variances[0], variances
+
+
+def test_grain_is_a_pure_function_of_its_seed(photo):
+    image = tf.constant(photo[:16, :16])
+    first = film_grain(image, tf.constant(0.025), _SEED, monte_carlo_samples=8).numpy()
+    again = film_grain(image, tf.constant(0.025), _SEED, monte_carlo_samples=8).numpy()
+    other = film_grain(image, tf.constant(0.025), _SEED + 1, monte_carlo_samples=8).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert 0.0 <= first.min() and first.max() <= 1.0
+
+
+def test_zero_grain_radius_is_identity(photo):
+    out = film_grain(tf.constant(photo), tf.constant(0.0), _SEED, monte_carlo_samples=4).numpy()
+    np.testing.assert_array_equal(out, photo)
+
+
+# --- free-form masks -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_mask_coverage_within_documented_ranges(size):
+    """The hole-coverage statistics documented in input_pipeline/effects/inpainting_masks.py."""
+    scale = size / 256.0
+
+    def hole_fraction(i):
+        mask = free_form_mask(tf.stack([i, tf.constant(11, tf.int64)]), size, min_width=12 * scale,
+                              max_width=40 * scale)
+        return 1.0 - tf.reduce_mean(mask)
+
+    fractions = np.array(list(tf.data.Dataset.range(300).map(hole_fraction, num_parallel_calls=2)
+                              .as_numpy_iterator()))
+    assert 0.17 <= fractions.mean() <= 0.25, fractions.mean()
+    assert 0.06 <= fractions.std() <= 0.13, fractions.std()
+    assert fractions.min() >= 0.005 and fractions.max() <= 0.6, (fractions.min(), fractions.max())
+
+
+def test_mask_is_binary_and_deterministic():
+    seed = tf.constant([5, 6], tf.int64)
+    mask = free_form_mask(seed, 64).numpy()
+    assert mask.shape == (64, 64, 1)
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(mask, free_form_mask(seed, 64).numpy())
