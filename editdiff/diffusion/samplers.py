@@ -191,13 +191,13 @@ def ddim_sample(
     blend_alpha, blend_sigma = _next_level_scales(alpha[first:], sigma[first:])
     std = eta * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
     steps_run = num_steps - first
-    keys = _step_keys(key, steps_run, "ddim_sample with eta > 0") if eta > 0 else jnp.zeros((steps_run,))
+    keys = _step_keys(key, steps_run, "ddim_sample with eta > 0") if eta > 0 else None
     known = _known_region(known_latent, known_mask, x_T.astype(jnp.float32))
 
     def step(x, inputs):
         t, a, s, a_bar_prev, std_t, step_key, blend_a, blend_s = inputs
         x0, eps = x0_and_eps_at(schedule.prediction_type, a, s, x, _model_prediction(model_fn, x, t))
-        noise = jax.random.normal(step_key, x.shape, x.dtype) if eta > 0 else None
+        noise = None if step_key is None else jax.random.normal(step_key, x.shape, x.dtype)
         x = _blend_known(ddim_update(x0, eps, a_bar_prev, std_t, noise), known, blend_a, blend_s)
         return x, x
 
