@@ -90,13 +90,13 @@ def test_plain_ddim_inversion_round_trip_error_is_first_order(data_batch):
 
 
 TRACED_SAMPLERS = {
-    "ddpm": lambda f, x, key: samplers.ddpm_sample(f, SCHEDULE, x, key, num_steps=12),
-    "ddim_eta": lambda f, x, key: samplers.ddim_sample(f, SCHEDULE, x, key, num_steps=12, eta=1.0),
-    "ddim_invert_fixed_point": lambda f, x, key: samplers.ddim_invert(
-        f, SCHEDULE, x, num_steps=12, fixed_point_iterations=2
+    "ddpm": lambda f, schedule, x, key: samplers.ddpm_sample(f, schedule, x, key, num_steps=12),
+    "ddim_eta": lambda f, schedule, x, key: samplers.ddim_sample(f, schedule, x, key, num_steps=12, eta=1.0),
+    "ddim_invert_fixed_point": lambda f, schedule, x, key: samplers.ddim_invert(
+        f, schedule, x, num_steps=12, fixed_point_iterations=2
     ),
-    "unipc": lambda f, x, key: samplers.unipc_sample(f, SCHEDULE, x, num_steps=12),
-    "dpm_solver": lambda f, x, key: samplers.dpm_solver_sample(f, SCHEDULE, x, num_steps=12),
+    "unipc": lambda f, schedule, x, key: samplers.unipc_sample(f, schedule, x, num_steps=12),
+    "dpm_solver": lambda f, schedule, x, key: samplers.dpm_solver_sample(f, schedule, x, num_steps=12),
 }
 
 
@@ -109,14 +109,15 @@ def test_sampling_loop_traces_once(name):
         return 0.9 * z
 
     @jax.jit
-    def sample(x, key):
+    def sample(schedule, x, key):
         loop_traces.append(x.shape)
-        return TRACED_SAMPLERS[name](counting_model, x, key)
+        return TRACED_SAMPLERS[name](counting_model, schedule, x, key)
 
     x = jnp.ones((2, 4, 4, 3))
-    sample(x, jax.random.key(0))
-    sample(2.0 * x, jax.random.key(1))
-    assert loop_traces == [x.shape], "a second call with new values must not retrace"
+    sample(SCHEDULE, x, jax.random.key(0))
+    other_schedule = make_schedule(beta_schedule="linear", prediction_type="epsilon")  # same statics
+    sample(other_schedule, 2.0 * x, jax.random.key(1))
+    assert loop_traces == [x.shape], "new values (latents, key, schedule arrays) must not retrace"
     assert model_traces == [(2,)], "the denoiser must be traced once, not once per step"
 
 
@@ -171,6 +172,15 @@ def test_stochastic_samplers_are_deterministic_given_the_key():
     run = jax.jit(lambda key: samplers.ddpm_sample(constant_model, SCHEDULE, x_T, key, num_steps=5))
     np.testing.assert_array_equal(run(jax.random.key(0)), run(jax.random.key(0)))
     assert not np.allclose(run(jax.random.key(0)), run(jax.random.key(1)))
+
+
+def test_samplers_share_one_call_signature_and_are_found_by_name():
+    x_T, key = jnp.ones((2, 3)), jax.random.key(0)
+    for name in ("ddpm", "ddim", "unipc", "dpm_solver"):
+        x0 = samplers.sampler_by_name(name)(constant_model, SCHEDULE, x_T, key, num_steps=4)
+        assert x0.shape == x_T.shape and bool(jnp.all(jnp.isfinite(x0)))
+    with pytest.raises(ValueError, match="sampler='euler'.*ddpm, ddim, unipc, dpm_solver"):
+        samplers.sampler_by_name("euler")
 
 
 def test_argument_errors_name_the_value():

@@ -14,6 +14,7 @@ from editdiff.diffusion.samplers import (
     ddim_sample,
     ddpm_sample,
     dpm_solver_sample,
+    sampler_by_name,
     unipc_sample,
 )
 from editdiff.diffusion.schedules import NoiseSchedule, make_schedule, schedule_from_config

@@ -1,34 +1,40 @@
 """Samplers: each one `lax.scan` over its steps around a denoiser, so the whole loop is one XLA program and the
 denoiser is traced once, whatever the number of steps. Each matches the diffusers scheduler named below step by
-step (same timesteps, same update, same order of operations in float32).
+step: same timesteps, same update, every intermediate latent within 1e-5 (tests/test_diffusion_parity.py).
 
 The denoiser is `model_fn(z, t) -> prediction`: z `(B, ...)` float32 latents (NHWC for images), t `(B,)` int32,
 the prediction of the schedule's `prediction_type`. Call the samplers inside `jax.jit`.
 
-    ddpm_sample(model_fn, schedule, x_T, key, *, num_steps=1000, spacing="leading", ...)      DDPMScheduler
+    ddpm_sample(model_fn, schedule, x_T, key, *, num_steps=1000, spacing="leading", ...)
+        diffusers' DDPMScheduler (fixed_small variance)
     ddim_sample(model_fn, schedule, x_T, key=None, *, num_steps, eta=0.0, spacing="leading",
-                set_alpha_to_one=True, ...)                                                   DDIMScheduler
-    ddim_invert(model_fn, schedule, x_0, *, num_steps, spacing="leading",
-                set_alpha_to_one=True, ...)                                                   DDIMInverseScheduler
-    unipc_sample(model_fn, schedule, x_T, *, num_steps, spacing="linspace", ...)              UniPCMultistepScheduler
-                                                                  (order 2, bh2, predict_x0, lower_order_final)
-    dpm_solver_sample(model_fn, schedule, x_T, *, num_steps, spacing="linspace", ...)         DPMSolverMultistepScheduler
-                                                                  (dpmsolver++, order 2, midpoint)
+                set_alpha_to_one=True, ...)
+        diffusers' DDIMScheduler
+    ddim_invert(model_fn, schedule, x_0, *, num_steps, spacing="leading", set_alpha_to_one=True,
+                fixed_point_iterations=0, ...)
+        diffusers' DDIMInverseScheduler (0 iterations), or exact fixed-point inversion
+    unipc_sample(model_fn, schedule, x_T, key=None, *, num_steps, spacing="linspace", ...)
+        diffusers' UniPCMultistepScheduler (solver_order 2, bh2, predict_x0, lower_order_final)
+    dpm_solver_sample(model_fn, schedule, x_T, key=None, *, num_steps, spacing="linspace", ...)
+        diffusers' DPMSolverMultistepScheduler (dpmsolver++, solver_order 2, midpoint)
 
 Arguments shared by the samplers that denoise:
     x_T: `(B, ...)` standard Gaussian noise: the starting latent, or the noise that re-noises `init_latent`.
     key: PRNG key of the stochastic samplers (DDPM, DDIM with eta > 0); step i draws
-        `jax.random.normal(jax.random.split(key, steps_run)[i], x.shape)`.
+        `jax.random.normal(jax.random.split(key, steps_run)[i], x.shape)`. The deterministic solvers take it
+        too, unused, so that every sampler is called `sampler(model_fn, schedule, x_T, key, **settings)`.
     spacing, steps_offset: the timestep grid (`editdiff.diffusion.timesteps`), as the scheduler's config.
     init_latent, strength: SDEdit / img2img: start from `init_latent` `(B, ...)` re-noised with x_T to the
         first of the last int(num_steps * strength) steps, and run only those.
     known_latent, known_mask: inpainting by blending: after every step the latent becomes
         `mask * q(known_latent at the next step's noise level, noise x_T) + (1 - mask) * latent` (the known
-        latent itself after the last step), as diffusers' legacy inpainting pipeline; mask `(B, ..., 1)` or
-        full shape, 1 where the known latent is kept.
+        latent itself after the last step), as diffusers' legacy inpainting pipeline (UniPC blends its
+        corrected latent too, which its corrector would otherwise recompute without the known region); mask
+        `(B, ..., 1)` or full shape, 1 where the known latent is kept.
     return_trajectory: also return the latent after every step, stacked `(steps_run, B, ...)`.
 
-`classifier_free_guidance` turns a conditional/unconditional denoiser pair into a `model_fn`.
+`sampler_by_name` picks one from a config string; `classifier_free_guidance` turns a conditional /
+unconditional denoiser pair into a `model_fn`.
 """
 from __future__ import annotations
 
@@ -387,6 +393,7 @@ def unipc_sample(
     model_fn: ModelFn,
     schedule: NoiseSchedule,
     x_T: jax.Array,
+    key: jax.Array | None = None,
     *,
     num_steps: int,
     spacing: str = "linspace",
@@ -441,6 +448,7 @@ def dpm_solver_sample(
     model_fn: ModelFn,
     schedule: NoiseSchedule,
     x_T: jax.Array,
+    key: jax.Array | None = None,
     *,
     num_steps: int,
     spacing: str = "linspace",
@@ -470,3 +478,18 @@ def dpm_solver_sample(
 
     (x, _), trajectory = _scan(step, (x, jnp.zeros_like(x)), steps, return_trajectory)
     return _result(x, trajectory, return_trajectory)
+
+
+SAMPLERS: dict[str, Callable[..., Result]] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "unipc": unipc_sample,
+    "dpm_solver": dpm_solver_sample,
+}
+
+
+def sampler_by_name(name: str) -> Callable[..., Result]:
+    """The sampler a config names, called `sampler(model_fn, schedule, x_T, key, **settings)`."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r} is not supported; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
