@@ -2,8 +2,8 @@
 
     python -m benchmarks.metrics [--batch 8] [--size 256] [--iters 5] [--weights DIR]
 
-LPIPS runs with random weights of the real shapes unless --weights holds torchvision's files (speed does not
-depend on the values). Each row is jitted once, warmed up once, then timed over --iters batches.
+An image is one (prediction, target) pair scored. LPIPS runs with random weights of the real shapes unless
+--weights holds torchvision's files (speed does not depend on the values). Each row is jitted once, warmed up once, then timed over --iters batches.
 """
 from __future__ import annotations
 

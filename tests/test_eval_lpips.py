@@ -10,16 +10,8 @@ from editdiff.interop.torch_io import CheckpointError
 from eval import lpips, weights
 from eval.nets.frozen import jit_inference
 
-# torchvision's `features` Sequentials (indices name the state-dict keys) and classifier tensor shapes.
-_TORCHVISION_FEATURES = {
-    "alex": [("conv", 3, 64, 11, 4, 2), "relu", "pool3", ("conv", 64, 192, 5, 1, 2), "relu", "pool3",
-             ("conv", 192, 384, 3, 1, 1), "relu", ("conv", 384, 256, 3, 1, 1), "relu",
-             ("conv", 256, 256, 3, 1, 1), "relu", "pool3"],
-    "vgg": [item for stage, (cin, cout, n) in enumerate([(3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3),
-                                                         (512, 512, 3)])
-            for item in [c for i in range(n) for c in (("conv", cin if i == 0 else cout, cout, 3, 1, 1), "relu")]
-            + ["pool2"]],
-}
+# torchvision's VGG16 configuration "D": conv widths, "M" for a 2x2 max pool.
+_VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 _CLASSIFIER_SHAPES = {
     "alex": {"classifier.1": (4096, 9216), "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)},
     "vgg": {"classifier.0": (4096, 25088), "classifier.3": (4096, 4096), "classifier.6": (1000, 4096)},
@@ -29,17 +21,23 @@ _TAP_AFTER = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
 
 
 def _torch_features(backbone):
-    layers = []
-    for item in _TORCHVISION_FEATURES[backbone]:
-        if item == "relu":
-            layers.append(torch.nn.ReLU())
-        elif isinstance(item, str):  # "pool3" / "pool2": MaxPool2d(window, stride=2)
-            layers.append(torch.nn.MaxPool2d(int(item[-1]), 2))
-        else:
-            _, cin, cout, k, stride, pad = item
-            layers.append(torch.nn.Conv2d(cin, cout, k, stride, pad))
+    """torchvision's `model.features` Sequential (its indices name the state-dict keys), random weights."""
+    nn = torch.nn
     torch.manual_seed(0)
-    return torch.nn.Sequential(*layers)
+    if backbone == "alex":
+        return nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+    layers, channels = [], 3
+    for width in _VGG16_CFG:  # torchvision.models.vgg.make_layers without batch norm
+        if width == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+            channels = width
+    return nn.Sequential(*layers)
 
 
 def _torch_lpips(backbone, features, heads, x0, x1):
