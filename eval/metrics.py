@@ -106,7 +106,7 @@ def ssim_map(pred: jax.Array, target: jax.Array, data_range: float, *, y_channel
     """The local SSIM index over the valid region: (B, H, W, C) x 2 -> (B, H-10, W-10, C).
 
     Images are divided by `data_range` first: SSIM is unchanged by scaling both images and the constants
-    together, and values near 1 keep float32's cancellation in E[x^2] - E[x]^2 small.
+    together, and values of order 1 keep float32's cancellation in E[x^2] - E[x]^2 small.
     """
     pred, target = _prepare(pred, target, data_range, y_channel)
     if min(pred.shape[1:3]) < SSIM_WINDOW:
