@@ -17,16 +17,16 @@ PARITY_CONFIGS = {
     # batch 2, non-square latent
     "sd1_conv_proj": (SD1_TINY, (2, 8, 12), 7),
     "sd2_linear_proj_per_block_heads_upcast": (dict(
-        sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=40,
-        attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 2, 1), use_linear_projection=True,
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=40,
+        attention_head_dim=(2, 4), transformer_layers_per_block=(2, 1), use_linear_projection=True,
         upcast_attention=True, norm_num_groups=8), (2, 8, 16), 5),
     # first block without attention; odd latent size (upsampling to the skip's size); per-block layer counts
     "first_block_down_block_odd_latent": (dict(
-        sample_size=8, block_out_channels=(16, 32, 32), layers_per_block=(1, 2, 1),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=12,
+        sample_size=8, block_out_channels=(16, 32), layers_per_block=(1, 2),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=12,
         attention_head_dim=2, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
         mid_block_scale_factor=1.5, norm_num_groups=8, norm_eps=1e-6), (2, 9, 6), 3),
     # the Palette++ baseline: no cross-attention anywhere, concatenated inputs
@@ -112,7 +112,7 @@ def test_wrong_number_of_down_residuals_is_an_error(sd1):
 def test_config_round_trips_through_diffusers_dict():
     config = UNetConfig.from_diffusers(PARITY_CONFIGS["first_block_down_block_odd_latent"][0])
     assert UNetConfig.from_diffusers(config.to_diffusers()) == config
-    assert config.layers_per_block == (1, 2, 1)
+    assert config.layers_per_block == (1, 2)
 
 
 def test_config_accepts_metadata_and_default_valued_unsupported_keys():

@@ -131,9 +131,8 @@ class ControlNetConditioningEmbedding(nnx.Module):
 def zero_conv(in_channels: int, out_channels: int, kernel_size: int, *, padding: int = 0,
               dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
     """A conv whose kernel and bias start at zero, so a fresh ControlNet leaves the U-Net unchanged."""
-    conv = conv2d(in_channels, out_channels, kernel_size, padding=padding, dtype=dtype, rngs=rngs)
-    conv.kernel[...] = jnp.zeros_like(conv.kernel[...])
-    return conv
+    return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), padding=((padding, padding),) * 2,
+                    kernel_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
 
 
 class ControlNetModel(nnx.Module):
