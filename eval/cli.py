@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eval.folder_scoring import METRICS, ScoringOptions, score_folders
+from eval.folder_scoring import METRICS, SET_FEATURES, ScoringOptions, score_folders
 from eval.report import to_markdown, write_report
 from eval.weights import MissingWeightsError
 
@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="results JSON path; the markdown table goes beside it (.md)")
     parser.add_argument("--y-channel", action="store_true", help="PSNR / SSIM / MSE on BT.601 luma")
     parser.add_argument("--lpips-backbone", default="alex", choices=("alex", "vgg"))
+    parser.add_argument("--set-features", default="inception", choices=SET_FEATURES,
+                        help="features KID / FID compare: Inception pool3 (standard) or CLIP image embeddings")
     return parser
 
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = ScoringOptions(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
                                  weights_dir=args.weights, clip_dir=args.clip, y_channel=args.y_channel,
-                                 lpips_backbone=args.lpips_backbone)
+                                 lpips_backbone=args.lpips_backbone, set_features=args.set_features)
         results = score_folders(args.pred, args.target, options)
     except (ValueError, MissingWeightsError, NotADirectoryError) as error:
         print(f"python -m eval: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Scoring a folder of predictions against a folder of targets, image by image and as a set.
 
 Images are read as RGB in [0, 1] (data range 1); pixel metrics, LPIPS and CLIP image-embedding similarity give
-one row per matched pair, KID and FID one number for the whole set from Inception pool3 features. Files that
+one row per matched pair, KID and FID one number for the whole set from Inception pool3 features (or, as
+Diff-Plugin reports them, from CLIP image embeddings: `set_features="clip"`). Files that
 cannot be scored (unmatched, unreadable, sizes that differ, too small for a metric) are listed as problems;
 they never stop the run.
 """
@@ -29,6 +30,7 @@ PIXEL_METRICS = ("l1", "mse", "rmse", "psnr", "ssim")
 SET_METRICS = ("kid", "fid")
 EMBEDDING_METRICS = ("clip",)  # cosine similarity of CLIP image embeddings
 METRICS = PIXEL_METRICS + ("lpips",) + EMBEDDING_METRICS + SET_METRICS
+SET_FEATURES = ("inception", "clip")
 DATA_RANGE = 1.0  # images are read into [0, 1]
 
 
@@ -39,6 +41,7 @@ class ScoringOptions:
     clip_dir: str | None = None  # a transformers CLIP folder, for the "clip" metric
     y_channel: bool = False  # PSNR / SSIM / MSE / RMSE on BT.601 luma
     lpips_backbone: str = "alex"
+    set_features: str = "inception"  # the features KID and FID compare
     kid_subsets: int = distribution.KID_SUBSETS
     kid_subset_size: int = distribution.KID_SUBSET_SIZE
 
@@ -46,11 +49,23 @@ class ScoringOptions:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"metrics: {list(self.metrics)} has unknown {unknown}; allowed: {', '.join(METRICS)}")
-        needs_weights = [m for m in self.metrics if m not in PIXEL_METRICS + EMBEDDING_METRICS]
+        if self.set_features not in SET_FEATURES:
+            raise ValueError(f"set_features: {self.set_features!r} is not one of {', '.join(SET_FEATURES)}")
+        needs_weights = [m for m in self.metrics if m == "lpips" or (m in SET_METRICS and not self.set_clip)]
         if needs_weights and self.weights_dir is None:
             raise ValueError(f"metrics {needs_weights} need network weights: pass weights_dir (--weights DIR)")
-        if "clip" in self.metrics and self.clip_dir is None:
-            raise ValueError("metric 'clip' needs a transformers CLIP folder: pass clip_dir (--clip DIR)")
+        if self.uses_clip and self.clip_dir is None:
+            raise ValueError("the clip metric and set_features='clip' need a transformers CLIP folder: pass "
+                             "clip_dir (--clip DIR)")
+
+    @property
+    def set_clip(self) -> bool:
+        """Whether KID / FID are asked for and compare CLIP embeddings."""
+        return self.set_features == "clip" and any(m in SET_METRICS for m in self.metrics)
+
+    @property
+    def uses_clip(self) -> bool:
+        return "clip" in self.metrics or self.set_clip
 
 
 @functools.partial(jax.jit, static_argnames=("names", "y_channel"))
@@ -72,18 +87,13 @@ def _to_signed(image: np.ndarray) -> jax.Array:
     return jnp.asarray(image[None] * 2.0 - 1.0)
 
 
-def _clip_similarity_fn(clip_dir: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """cos(CLIP(pred), CLIP(target)) per image, jitted; CLIP's code loads only when this metric is asked for."""
+def _jitted_clip_embeddings(clip_dir: str) -> Callable[[jax.Array], jax.Array]:
+    """(B, H, W, 3) in [-1, 1] -> (B, D) CLIP image embeddings, jitted; CLIP's code loads only when needed."""
     from eval.clip_features import clip_image_embeddings, load_clip_image_encoder
 
     graphdef, state = nnx.split(load_clip_image_encoder(clip_dir))
-
-    @jax.jit
-    def similarity(state, pred, target):
-        model = nnx.merge(graphdef, state)
-        return cosine_similarity(clip_image_embeddings(model, pred), clip_image_embeddings(model, target))
-
-    return lambda pred, target: similarity(state, pred, target)
+    embed = jax.jit(lambda state, images: clip_image_embeddings(nnx.merge(graphdef, state), images))
+    return lambda images: embed(state, images)
 
 
 def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> dict:
@@ -91,9 +101,10 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
     problems}. Missing weights raise before any image is read; file problems are collected, not raised."""
     chosen = options.metrics
     lpips_fn = jit_inference(load_lpips(options.weights_dir, options.lpips_backbone)) if "lpips" in chosen else None
-    wants_features = any(m in chosen for m in SET_METRICS)
-    inception_fn = jit_inference(load_inception(options.weights_dir)) if wants_features else None
-    clip_fn = _clip_similarity_fn(options.clip_dir) if "clip" in chosen else None
+    clip_fn = _jitted_clip_embeddings(options.clip_dir) if options.uses_clip else None
+    set_feature_fn = None
+    if any(m in chosen for m in SET_METRICS):
+        set_feature_fn = clip_fn if options.set_clip else jit_inference(load_inception(options.weights_dir))
     pixel_names = tuple(m for m in chosen if m in PIXEL_METRICS)
     min_sizes = {m: size for m, size in (("ssim", metrics.SSIM_WINDOW),
                                          ("lpips", TRUNKS[options.lpips_backbone].min_input_size)) if m in chosen}
@@ -116,14 +127,15 @@ def score_folders(pred_dir: str, target_dir: str, options: ScoringOptions) -> di
             problems.append(Problem(pred_path, f"too small ({pred.shape[0]}x{pred.shape[1]}): {', '.join(too_small)}"))
             continue
         row = dict(_pixel_rows(pred[None], target[None], pixel_names, options.y_channel)) if pixel_names else {}
+        signed_pred, signed_target = _to_signed(pred), _to_signed(target)
         if lpips_fn is not None:
-            row["lpips"] = lpips_fn(_to_signed(pred), _to_signed(target))
-        if clip_fn is not None:
-            row["clip"] = clip_fn(_to_signed(pred), _to_signed(target))
+            row["lpips"] = lpips_fn(signed_pred, signed_target)
+        if "clip" in chosen:
+            row["clip"] = cosine_similarity(clip_fn(signed_pred), clip_fn(signed_target))
         table.add([name], row)
-        if inception_fn is not None:
-            pred_features.add(np.asarray(inception_fn(_to_signed(pred))))
-            target_features.add(np.asarray(inception_fn(_to_signed(target))))
+        if set_feature_fn is not None:
+            pred_features.add(np.asarray(set_feature_fn(signed_pred)))
+            target_features.add(np.asarray(set_feature_fn(signed_target)))
 
     return {
         "pred_dir": pred_dir, "target_dir": target_dir,

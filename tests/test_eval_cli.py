@@ -10,7 +10,7 @@ from PIL import Image
 
 from editdiff.interop.name_map import flax_params
 from editdiff.nn.clip_preprocess import resize_center_crop
-from eval import cli, metrics, streaming
+from eval import cli, distribution, metrics, streaming
 from eval.nets import inception
 
 SIZE = 64  # AlexNet's trunk needs at least ~63 pixels
@@ -112,22 +112,31 @@ def test_lpips_and_kid_with_weight_files(folders, tmp_path):
     assert np.isfinite(kid["mean"]) and kid["std"] >= 0 and np.isfinite(results["set_metrics"]["fid"])
 
 
-def test_clip_similarity_rows_match_transformers(folders, tmp_path):
-    pred, target, images = folders
+def test_clip_similarity_and_clip_kid_fid_match_transformers(folders, tmp_path):
+    pred, target, _ = folders
     torch.manual_seed(0)
     config = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, projection_dim=16,
                                            num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
     reference = transformers.CLIPVisionModelWithProjection(config).eval()
     reference.save_pretrained(tmp_path / "clip")
     out = tmp_path / "results.json"
-    assert cli.main(["--pred", str(pred), "--target", str(target), "--metrics", "clip",
-                     "--clip", str(tmp_path / "clip"), "--out", str(out)]) == 0
-    rows = {row["name"]: row["clip"] for row in json.loads(out.read_text())["rows"]}
-    for name, (p, t) in images.items():
+    assert cli.main(["--pred", str(pred), "--target", str(target), "--metrics", "clip,kid,fid", "--set-features",
+                     "clip", "--clip", str(tmp_path / "clip"), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    rows = {row["name"]: row["clip"] for row in results["rows"]}
+    assert sorted(rows) == ["a", "b", "c", "tiny"]  # CLIP resizes, so 8x8 images are scored too
+    embeddings = {"pred": [], "target": []}
+    for name in sorted(rows):
+        p, t = (np.asarray(Image.open(folder / f"{name}.png")) for folder in (pred, target))
         pixels = [np.array(resize_center_crop(x[None] / 127.5 - 1.0, size=32)).transpose(0, 3, 1, 2) for x in (p, t)]
         with torch.no_grad():
             a, b = (reference(pixel_values=torch.from_numpy(x)).image_embeds[0].numpy() for x in pixels)
         assert rows[name] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
+        embeddings["pred"].append(a), embeddings["target"].append(b)
+    want_kid = distribution.kid(np.stack(embeddings["pred"]), np.stack(embeddings["target"]))
+    assert results["set_metrics"]["kid"]["mean"] == pytest.approx(want_kid[0], rel=1e-3, abs=1e-6)
+    want_fid = distribution.fid(np.stack(embeddings["pred"]), np.stack(embeddings["target"]))
+    assert results["set_metrics"]["fid"] == pytest.approx(want_fid, rel=1e-3)
 
 
 def test_metric_table_means_over_images_that_have_the_metric():
