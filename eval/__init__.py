@@ -40,6 +40,8 @@ KID / FID), ConfusionMatrix (dataset-level mIoU).
 Command line:
     python -m eval --pred DIR --target DIR --metrics l1,psnr,ssim,lpips,kid --weights DIR --out results.json
 writes results.json (settings, per-image rows, means, set metrics, files not scored and why) and results.md.
+Also: --metrics clip --clip DIR (cosine similarity of CLIP image embeddings), --set-features clip (KID / FID
+on CLIP image embeddings instead of Inception pool3), --y-channel, --lpips-backbone vgg.
 """
 from eval import depth, distribution, embedding, metrics, multilabel, segmentation, streaming
 

@@ -38,7 +38,7 @@ DATA_RANGE = 1.0  # images are read into [0, 1]
 class ScoringOptions:
     metrics: tuple[str, ...]
     weights_dir: str | None = None
-    clip_dir: str | None = None  # a transformers CLIP folder, for the "clip" metric
+    clip_dir: str | None = None  # a transformers CLIP folder: the "clip" metric, set_features="clip"
     y_channel: bool = False  # PSNR / SSIM / MSE / RMSE on BT.601 luma
     lpips_backbone: str = "alex"
     set_features: str = "inception"  # the features KID and FID compare
