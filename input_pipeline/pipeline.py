@@ -153,8 +153,8 @@ class TrainIterator:
             index = (position // local) * global_batch + first + position % local
             return index, draw_labels(cfg.seed, index, table)
 
-        dataset = positions.map(index_and_labels).map(example_fn(self.source, cfg, cfg.seed), num_parallel_calls=cfg.num_parallel_calls,
-                              deterministic=True)
+        dataset = positions.map(index_and_labels).map(example_fn(self.source, cfg, cfg.seed),
+                                                      num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
         dataset = dataset.batch(local, drop_remainder=True).prefetch(cfg.prefetch_batches)
         self._iterator = iter(dataset.with_options(_options()).as_numpy_iterator())
 

@@ -57,7 +57,8 @@ def render_gallery(eval_sets: dict[str, dict[str, np.ndarray]], examples: int) -
         draw.text((4, top + 20), f"C[:4] = {vector}", fill="grey")
         for e in range(examples):
             for c, field in enumerate(COLUMNS):
-                image = Image.fromarray(_to_uint8(field, batch[field][e])).resize((tile, tile), Image.Resampling.NEAREST)
+                image = Image.fromarray(_to_uint8(field, batch[field][e]))
+                image = image.resize((tile, tile), Image.Resampling.NEAREST)
                 canvas.paste(image, (LABEL_WIDTH + (e * len(COLUMNS) + c) * tile, top))
     return canvas
 

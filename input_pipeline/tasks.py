@@ -52,7 +52,8 @@ def label_table(label_set: str, tasks: tuple[str, ...] = TASKS) -> np.ndarray:
     if label_set == "single":
         rows = np.concatenate([np.zeros((1, len(TASKS))), np.eye(len(TASKS))[enabled > 0]])
     else:
-        rows = np.array([r for r in itertools.product([0.0, 1.0], repeat=len(TASKS)) if not np.any(np.array(r) > enabled)])
+        subsets = np.array(list(itertools.product([0.0, 1.0], repeat=len(TASKS))))
+        rows = subsets[np.all(subsets <= enabled, axis=1)]
     return rows.astype(np.float32)
 
 

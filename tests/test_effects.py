@@ -7,7 +7,7 @@ import tensorflow as tf
 from PIL import Image, ImageFilter
 
 from input_pipeline.effects.colour_transfer import colour_transfer, lab_to_rgb, match_statistics, rgb_to_lab
-from input_pipeline.effects.film_grain import film_grain
+from input_pipeline.effects.film_grain import film_grain, filter_taps, points_per_pixel_side
 from input_pipeline.effects.inpainting_masks import free_form_mask
 from input_pipeline.effects.motion_blur import motion_blur, motion_blur_kernel
 from input_pipeline.effects.unsharp import gaussian_blur, unsharp_combine, unsharp_mask
@@ -151,6 +151,16 @@ def test_grain_variance_grows_with_radius():
                  for r in (0.01, 0.05, 0.1)]
     assert variances[0] < variances[1] < variances[2], variances
     assert variances[2] > 1.3 * variances[0], variances
+
+
+@pytest.mark.parametrize("samples", [32, 200])
+def test_grain_noise_matches_the_monte_carlo_sample_count(samples):
+    """With tiny grains (no texture) the rendering is pure estimator noise: variance u (1 - u) / N_eff, N_eff >= N."""
+    taps, _ = filter_taps(points_per_pixel_side(samples, 0.8), 0.8)
+    effective = 1.0 / float(np.sum(taps.numpy() ** 2)) ** 2
+    assert samples <= effective <= 1.5 * samples
+    out = film_grain(tf.fill([48, 48, 3], 0.5), tf.constant(0.005), _SEED, monte_carlo_samples=samples).numpy()
+    np.testing.assert_allclose(out.var(), 0.25 / effective, rtol=0.25)
 
 
 def test_grain_is_a_pure_function_of_its_seed(photo):

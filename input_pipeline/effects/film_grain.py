@@ -6,21 +6,33 @@ pixel with grey level u in [0, 1),
 
     lambda(u) = 1 / (pi r^2) * log(1 / (1 - u))          (so P(point covered) = 1 - exp(-lambda pi r^2) = u),
 
-and the output pixel y is the Gaussian-filtered coverage indicator, estimated with N Monte-Carlo offsets:
+and the output pixel y is the Gaussian-filtered coverage indicator of the union Z of the grains,
 
-    out(y) = 1/N sum_k 1[y + xi_k is covered],   xi_k ~ N(0, filter_sigma^2 I)  (the same xi_k for every pixel).
+    out(y) = integral G_sigma(x - y) 1[x in Z] dx,      sigma = filter_sigma (0.8 px),
 
-Coverage is evaluated exactly with Newson's pixel-wise algorithm: the plane is cut into square cells of side
-delta = 1 / floor(1 / r) >= r (aligned with the pixels, so each cell takes u from the pixel it lies in); a
-cell's grain count ~ Poisson(lambda(u) delta^2) and its grain centres are uniform, all drawn from a hash of
-(example seed, channel, cell), so every query of a cell sees the same grains; a point can only be covered by
-grains of its own cell and the 8 neighbours. u is scaled by 255 / 255.1 (Newson's epsilon grey level) so that
+which Newson et al. estimate with N random offsets, 1/N sum_k 1[y + xi_k in Z], xi_k ~ N(0, sigma^2 I).
+We estimate the same integral with s x s jittered points per pixel (one uniform point in each cell of an
+s x s grid) weighted by the Gaussian at their grid positions, sum_p w(p - y) 1[p in Z]: stratified Monte
+Carlo with the same expectation, whose points are shared by neighbouring output pixels, so each point serves
+~4 pi sigma^2 pixels instead of one. The jitter matters: pairs of points closer than 2 r occur as often as in
+the random-offset estimator, which is where the grain texture's dependence on r comes from (a regular grid
+coarser than 2 r would render every radius alike). s is chosen so the estimator's noise matches N random
+samples, 1 / sum w^2 ~= 4 pi sigma^2 s^2 >= N: N = 800 (the reference code) gives s = 10, N = 32 gives
+s = 2 (4 points per pixel instead of 32). One difference remains: the Monte-Carlo noise of neighbouring
+output pixels is correlated over ~sigma (as the grain itself is), where Newson's is independent per pixel.
+
+Coverage of a point is evaluated exactly as in Newson's pixel-wise algorithm: the plane is cut into square
+cells of side delta = 1 / floor(1 / (2 r)) >= 2 r (aligned with the pixels, so each cell takes u from the 8-bit
+grey level of the pixel it lies in); a cell's grain count ~ Poisson(lambda(u) delta^2) (inverted through a
+per-grey-level table) and its grain centres are uniform, all drawn from a hash of (example seed, channel,
+cell), so every query of a cell sees the same grains; since delta >= 2 r, only the point's own cell and its
+neighbours on the nearer side (a 2 x 2 block) can hold a grain within r of it. u is scaled by 255 / 255.1 (Newson's epsilon grey level) so that
 lambda stays finite on white; the output is scaled back, so the mean intensity is preserved.
 
-Number of Monte-Carlo samples N: the rendering is an average of N Bernoulli(u) indicators, so on top of the
-grain's own texture it carries Monte-Carlo noise of variance at most u (1 - u) / N (reference code: N = 800,
-noise std <= 0.018; the default online N = 32, std <= 0.088, which dominates the grain texture of the smallest
-radii: small-N grain looks noisier and less radius-dependent). Cost is linear in N and in the pixel count.
+Number of Monte-Carlo samples N: on top of the grain's own texture the rendering carries Monte-Carlo noise of
+variance at most u (1 - u) / N (reference code: N = 800, noise std <= 0.018; N = 32: std <= 0.088, which
+dominates the texture of the smallest radii, so small-N grain looks noisier and less radius-dependent). Cost
+grows with s^2 ~ N / (4 pi sigma^2) and with the pixel count.
 """
 from __future__ import annotations
 
@@ -33,7 +45,7 @@ from input_pipeline.randomness import mix32, uniform_from_hash
 GREY_EPSILON = 0.1 / 255.0  # Newson's EPSILON_GREY_LEVEL on the [0, 1] scale
 MAX_GRAINS = 40  # cell means stay <= 4 * 1.44 * 7.84 / pi = 14.4 (delta <= 2.4 r): P(count > 40) < 1e-8
 POISSON_BINS = 1024
-_ELEMENTS_PER_CHUNK = 1 << 20  # bounds the (channels, samples, H, W, 9) working set per Monte-Carlo chunk
+_ELEMENTS_PER_CHUNK = 1 << 21  # bounds the (channels, rows, columns, 4) point-cell working set per band
 
 
 def cells_per_pixel(radius: tf.Tensor) -> tf.Tensor:
@@ -125,6 +137,24 @@ def _coverage(levels: tf.Tensor, points_x: tf.Tensor, points_y: tf.Tensor, radiu
     return tf.reshape(hits > 0, shape[:-1])
 
 
+def points_per_pixel_side(monte_carlo_samples: int, filter_sigma: float) -> int:
+    """s such that an s x s grid of points per pixel under the Gaussian weights matches N random samples."""
+    return max(1, math.ceil(math.sqrt(monte_carlo_samples / (4.0 * math.pi * filter_sigma ** 2))))
+
+
+def filter_taps(points_per_side: int, filter_sigma: float) -> tuple[tf.Tensor, int]:
+    """1-D normalised Gaussian weights of the fine points around one output pixel, and the margin in pixels.
+
+    The taps cover pixels [-margin, margin] around the output pixel, `points_per_side` points each, at the
+    points' offsets from the pixel centre.
+    """
+    margin = math.ceil(3.0 * filter_sigma)
+    t = tf.range((2 * margin + 1) * points_per_side, dtype=tf.float32)
+    offset = -margin + (t + 0.5) / points_per_side - 0.5
+    taps = tf.exp(-0.5 * (offset / filter_sigma) ** 2)
+    return taps / tf.reduce_sum(taps), margin
+
+
 def film_grain(image: tf.Tensor, radius: tf.Tensor, seed: tf.Tensor, *, filter_sigma: float = 0.8,
                monte_carlo_samples: int = 32) -> tf.Tensor:
     """`(H, W, C)` image in [0, 1] rendered as film grain of `radius` (input pixels, in (0, 0.1]).
@@ -132,30 +162,31 @@ def film_grain(image: tf.Tensor, radius: tf.Tensor, seed: tf.Tensor, *, filter_s
     `seed` is a (2,) stateless seed; the result is in [0, 1]. A radius of 0 returns the image unchanged.
     """
     height, width, channels = image.shape
+    side = points_per_pixel_side(monte_carlo_samples, filter_sigma)
+    taps, margin = filter_taps(side, filter_sigma)
     channel_hash = tf.cast(tf.random.stateless_uniform([channels], seed, minval=0, maxval=1 << 32, dtype=tf.int64),
                            tf.uint32)
-    offsets = filter_sigma * tf.random.stateless_normal([monte_carlo_samples, 2],
-                                                        tf.random.experimental.stateless_fold_in(seed, 1))
-    chunk = max(1, min(monte_carlo_samples, _ELEMENTS_PER_CHUNK // (height * width * channels * 4)))
-    while monte_carlo_samples % chunk:
-        chunk -= 1
-    centres_y, centres_x = tf.meshgrid(tf.range(height, dtype=tf.float32) + 0.5,
-                                       tf.range(width, dtype=tf.float32) + 0.5, indexing="ij")
+    fine_height, fine_width = (height + 2 * margin) * side, (width + 2 * margin) * side
+    fine_x = (tf.range(fine_width, dtype=tf.float32) + 0.5) / side - margin
+    fine_y = (tf.range(fine_height, dtype=tf.float32) + 0.5) / side - margin
+    rows_per_band = max(1, _ELEMENTS_PER_CHUNK // (fine_width * channels * 4))
     radius = tf.cast(radius, tf.float32)
 
     def render():
         levels = tf.cast(tf.round(tf.clip_by_value(tf.transpose(image, [2, 0, 1]), 0.0, 1.0) * 255.0), tf.int32)
         cdf, count_at_bin = poisson_tables(radius)
-        def add_chunk(i, total):
-            xi = offsets[i * chunk:(i + 1) * chunk]
-            points_x = centres_x[None] + xi[:, 0, None, None]
-            points_y = centres_y[None] + xi[:, 1, None, None]
-            covered = _coverage(levels, points_x, points_y, radius, channel_hash, cdf, count_at_bin)
-            return i + 1, total + tf.reduce_sum(tf.cast(covered, tf.float32), axis=1)
-
-        _, total = tf.while_loop(lambda i, _: i < monte_carlo_samples // chunk, add_chunk,
-                                 (tf.constant(0), tf.zeros([channels, height, width])))
-        fraction = total / monte_carlo_samples * (1.0 + GREY_EPSILON)
-        return tf.clip_by_value(tf.transpose(fraction, [1, 2, 0]), 0.0, 1.0)
+        bands = []
+        for top in range(0, fine_height, rows_per_band):
+            band_y, band_x = tf.meshgrid(fine_y[top:top + rows_per_band], fine_x, indexing="ij")
+            band_seed = tf.random.experimental.stateless_fold_in(seed, 1 + top)
+            jitter = (tf.random.stateless_uniform(tf.concat([[2], tf.shape(band_x)], 0), band_seed) - 0.5) / side
+            covered = _coverage(levels, (band_x + jitter[0])[None], (band_y + jitter[1])[None], radius,
+                                channel_hash, cdf, count_at_bin)
+            bands.append(tf.cast(covered[:, 0], tf.float32))
+        coverage = tf.concat(bands, axis=1)[..., None]  # (C, fine_height, fine_width, 1)
+        kernel_size = int(taps.shape[0])
+        filtered = tf.nn.conv2d(coverage, tf.reshape(taps, [kernel_size, 1, 1, 1]), [1, side, 1, 1], "VALID")
+        filtered = tf.nn.conv2d(filtered, tf.reshape(taps, [1, kernel_size, 1, 1]), [1, 1, side, 1], "VALID")
+        return tf.clip_by_value(tf.transpose(filtered[..., 0], [1, 2, 0]) * (1.0 + GREY_EPSILON), 0.0, 1.0)
 
     return tf.cond(radius > 0, render, lambda: image)
