@@ -43,9 +43,10 @@ def render_gallery(eval_sets: dict[str, dict[str, np.ndarray]], examples: int) -
     """One row per task set; `examples` groups of the four COLUMNS, tiles upscaled to >= MIN_TILE px."""
     crop = next(iter(eval_sets.values()))["source"].shape[1]
     scale = max(1, -(-MIN_TILE // crop))
-    tile = crop * scale
+    tile = crop * scale + 2  # a 2 px gutter between tiles
     width = LABEL_WIDTH + examples * len(COLUMNS) * tile
-    canvas = Image.new("RGB", (width, HEADER_HEIGHT + len(eval_sets) * tile), "white")
+    # Grey background, so a mask of ones (white) is still seen as a tile.
+    canvas = Image.new("RGB", (width, HEADER_HEIGHT + len(eval_sets) * tile), (190, 190, 190))
     draw = ImageDraw.Draw(canvas)
     for e in range(examples):
         for c, field in enumerate(COLUMNS):
@@ -58,7 +59,7 @@ def render_gallery(eval_sets: dict[str, dict[str, np.ndarray]], examples: int) -
         for e in range(examples):
             for c, field in enumerate(COLUMNS):
                 image = Image.fromarray(_to_uint8(field, batch[field][e]))
-                image = image.resize((tile, tile), Image.Resampling.NEAREST)
+                image = image.resize((tile - 2, tile - 2), Image.Resampling.NEAREST)
                 canvas.paste(image, (LABEL_WIDTH + (e * len(COLUMNS) + c) * tile, top))
     return canvas
 

@@ -244,4 +244,4 @@ def test_preview_writes_a_gallery(tmp_path):
     out = tmp_path / "grid.png"
     preview.main(["--config", f"{config_file}:32", "--out", str(out), "--examples", "1"])
     with Image.open(out) as grid:
-        assert grid.size == (preview.LABEL_WIDTH + 4 * 128, preview.HEADER_HEIGHT + 9 * 128)
+        assert grid.size == (preview.LABEL_WIDTH + 4 * 130, preview.HEADER_HEIGHT + 9 * 130)

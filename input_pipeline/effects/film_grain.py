@@ -32,7 +32,10 @@ lambda stays finite on white; the output is scaled back, so the mean intensity i
 Number of Monte-Carlo samples N: on top of the grain's own texture the rendering carries Monte-Carlo noise of
 variance at most u (1 - u) / N (reference code: N = 800, noise std <= 0.018; N = 32: std <= 0.088, which
 dominates the texture of the smallest radii, so small-N grain looks noisier and less radius-dependent). Cost
-grows with s^2 ~ N / (4 pi sigma^2) and with the pixel count.
+grows with s^2 ~ N / (4 pi sigma^2) and with the pixel count. Measured std of a flat 0.5 patch (64 px) for
+r = 0.01 / 0.05 / 0.1: N = 32: 0.087 / 0.088 / 0.091; N = 128: 0.044 / 0.045 / 0.047; N = 800: 0.018 / 0.020
+/ 0.030. So the grain size the editing vector controls is only clearly visible at N in the hundreds; the
+default N = 32 (about 27 ms per 64 px example on one core, vs 1.3 s at N = 800) buys speed for the demo.
 """
 from __future__ import annotations
 
