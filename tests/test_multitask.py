@@ -136,7 +136,7 @@ def test_widened_conv_in_keeps_the_pretrained_prediction():
     extra = jax.random.normal(jax.random.key(2), (1, 8, 8, 7))
     before = unet(z, jnp.array([5]), context)
     after = widened(jnp.concatenate([z, extra], -1), jnp.array([5]), context)
-    np.testing.assert_allclose(after, before, atol=1e-6)
+    np.testing.assert_allclose(after, before, atol=1e-5)  # zero weights; only the summation order differs
 
 
 @pytest.mark.parametrize("key, value, message", [

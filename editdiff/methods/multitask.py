@@ -108,10 +108,12 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
         raise ValueError(f"widen_conv_in: in_channels={in_channels} is fewer than the U-Net's {old}")
     config = dataclasses.replace(unet.config, in_channels=in_channels)
     widened = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=unet.dtype))
-    state = nnx.state(unet, nnx.Param)
-    kernel = state["conv_in"]["kernel"]
-    kernel[...] = jnp.pad(kernel[...], ((0, 0), (0, 0), (0, in_channels - old), (0, 0)))
-    nnx.update(widened, state)
+    pretrained = dict(nnx.to_flat_state(nnx.state(unet, nnx.Param)))
+    for path, variable in nnx.to_flat_state(nnx.state(widened, nnx.Param)):
+        value = pretrained[path][...]
+        if path == ("conv_in", "kernel"):  # (kh, kw, in, out): new input channels get zero weights
+            value = jnp.pad(value, ((0, 0), (0, 0), (0, in_channels - old), (0, 0)))
+        variable.set_value(value)  # set_value (not [...] =) fills the abstract model
     return widened
 
 
