@@ -43,7 +43,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.seed = 0
     cfg.label_set = "single"  # "single": all-off + each single task (the paper); "combinations": any subset
     cfg.tasks = TASKS  # the tasks training may switch on (a subset gives the single-task baselines)
-    cfg.num_parallel_calls = 2
+    cfg.num_parallel_calls = -1  # -1: tf.data AUTOTUNE (one per core); order stays deterministic either way
     cfg.prefetch_batches = 2
 
     cfg.motion_blur = ml_collections.ConfigDict()
@@ -126,7 +126,8 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
     if (not isinstance(cfg.tasks, (tuple, list)) or not cfg.tasks or len(set(cfg.tasks)) != len(cfg.tasks)
             or any(t not in TASKS for t in cfg.tasks)):
         _fail("tasks", cfg.tasks, f"a non-empty tuple of distinct task names from {TASKS}")
-    _check_positive("num_parallel_calls", cfg.num_parallel_calls, integer=True)
+    if not (isinstance(cfg.num_parallel_calls, int) and (cfg.num_parallel_calls == -1 or cfg.num_parallel_calls > 0)):
+        _fail("num_parallel_calls", cfg.num_parallel_calls, "an integer > 0, or -1 for tf.data AUTOTUNE")
     _check_positive("prefetch_batches", cfg.prefetch_batches, integer=True, allow_zero=True)
 
     mb = cfg.motion_blur

@@ -5,6 +5,7 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 import input_pipeline
@@ -204,6 +205,32 @@ def test_paired_source_uses_the_real_blurred_frame(tmp_path):
     np.testing.assert_allclose(batch["edit_vector"][blurred, 0], 0.7)
     np.testing.assert_array_equal(batch["target"][~blurred], batch["source"][~blurred])
     assert list(iterator.skipped_files) == [os.path.join(str(tmp_path / "sharp"), "unpaired.png")]
+
+
+class TinyPhotos(tfds.core.GeneratorBasedBuilder):
+    """A one-split TFDS dataset of random photos, prepared into a temporary data_dir."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"photo": tfds.features.Image(shape=(None, None, 3))}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(3)}
+
+    def _generate_examples(self, count):
+        rng = np.random.default_rng(count)
+        for i in range(count):
+            yield i, {"photo": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)}
+
+
+def test_tfds_source_reads_a_prepared_dataset(tmp_path):
+    TinyPhotos(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    cfg = small_config(**{"source.kind": "tfds", "source.tfds_name": "tiny_photos",
+                          "source.tfds_data_dir": str(tmp_path), "source.tfds_image_key": "photo"})
+    batch = next(input_pipeline.create_train_iterator(cfg))
+    assert batch["source"].shape == (4, 32, 32, 3) and np.isfinite(batch["target"]).all()
 
 
 # --- evaluation sets and preview -----------------------------------------------------------------------------

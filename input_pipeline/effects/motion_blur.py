@@ -10,6 +10,8 @@ import math
 
 import tensorflow as tf
 
+from input_pipeline.effects.convolution import convolve_reflect
+
 
 def kernel_size(max_length: float) -> int:
     """The odd side of the square kernel that holds a segment of `max_length` pixels at any angle."""
@@ -27,16 +29,6 @@ def motion_blur_kernel(length: tf.Tensor, angle: tf.Tensor, size: int) -> tf.Ten
     distance = tf.sqrt((x - along * direction[0]) ** 2 + (y - along * direction[1]) ** 2)
     weights = tf.nn.relu(1.0 - distance)
     return weights / tf.reduce_sum(weights)
-
-
-def convolve_reflect(image: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """Depthwise 'same' convolution of `(H, W, C)` with a `(k, k)` kernel, borders reflected."""
-    size = kernel.shape[0]
-    pad = size // 2
-    channels = image.shape[-1]
-    padded = tf.pad(image[None], [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    filters = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
-    return tf.nn.depthwise_conv2d(padded, filters, strides=[1, 1, 1, 1], padding="VALID")[0]
 
 
 def motion_blur(image: tf.Tensor, beta: tf.Tensor, angle: tf.Tensor, max_length: float) -> tf.Tensor:

@@ -13,6 +13,8 @@ import math
 
 import tensorflow as tf
 
+from input_pipeline.effects.convolution import convolve_reflect
+
 
 def gaussian_kernel_1d(sigma: float) -> tf.Tensor:
     """Normalised 1-D Gaussian taps of radius ceil(3 sigma)."""
@@ -25,14 +27,7 @@ def gaussian_kernel_1d(sigma: float) -> tf.Tensor:
 def gaussian_blur(image: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of `(H, W, C)`, borders mirrored without repeating the edge pixel."""
     taps = gaussian_kernel_1d(sigma)
-    radius = (taps.shape[0] - 1) // 2
-    channels = image.shape[-1]
-    x = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    vertical = tf.tile(taps[:, None, None, None], [1, 1, channels, 1])
-    horizontal = tf.tile(taps[None, :, None, None], [1, 1, channels, 1])
-    x = tf.nn.depthwise_conv2d(x, vertical, strides=[1, 1, 1, 1], padding="VALID")
-    x = tf.nn.depthwise_conv2d(x, horizontal, strides=[1, 1, 1, 1], padding="VALID")
-    return x[0]
+    return convolve_reflect(convolve_reflect(image, taps[:, None]), taps[None, :])
 
 
 def unsharp_combine(image: tf.Tensor, blurred: tf.Tensor, amount: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
