@@ -42,7 +42,6 @@ from input_pipeline.config import validate_data_config
 EDIT_VECTOR_NAMES = ("beta", "sigma", "lambda", "mu", "e_blur", "e_grain", "e_colour", "e_inpaint", "e_sharpen")
 EDIT_VECTOR_SIZE = len(EDIT_VECTOR_NAMES)  # C = [beta, sigma, lambda, mu, e1..e5]
 NUM_STRENGTHS = 4  # the scalars before the binary task labels
-SAMPLERS = ("ddim", "ddpm", "unipc", "dpm_solver")
 AUTOENCODERS = ("patch", "vae")
 CONDITIONINGS = ("cross_attention", "concat")
 
@@ -62,7 +61,7 @@ _CHECKS = {
     "diffusion.prediction_type": checks.one_of(PREDICTION_TYPES),
     "diffusion.loss": checks.one_of(LOSS_NORMS),
     "diffusion.min_snr_gamma": checks.number_at_least(0),
-    "sampler.name": checks.one_of(SAMPLERS),
+    "sampler.name": checks.one_of(tuple(samplers.SAMPLERS)),
     "sampler.num_steps": checks.int_at_least(1),
     "sampler.eta": checks.number_in(0, 1),
     "sampler.spacing": checks.one_of(SPACINGS),
@@ -235,15 +234,8 @@ class MultitaskMethod(Method):
             return model.denoise(z, t, image_conditions, context)
 
         s = self.config.sampler
-        common = dict(num_steps=s.num_steps, spacing=s.spacing)
-        if s.name == "ddim":
-            latents = samplers.ddim_sample(model_fn, self.schedule, x_T, step_key, eta=s.eta, **common)
-        elif s.name == "ddpm":
-            latents = samplers.ddpm_sample(model_fn, self.schedule, x_T, step_key, **common)
-        elif s.name == "unipc":
-            latents = samplers.unipc_sample(model_fn, self.schedule, x_T, **common)
-        else:
-            latents = samplers.dpm_solver_sample(model_fn, self.schedule, x_T, **common)
+        settings = dict(num_steps=s.num_steps, spacing=s.spacing) | ({"eta": s.eta} if s.name == "ddim" else {})
+        latents = samplers.sampler_by_name(s.name)(model_fn, self.schedule, x_T, step_key, **settings)
         return model.decode(latents)
 
     def eval_sets(self) -> dict[str, dict[str, np.ndarray]]:

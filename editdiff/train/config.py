@@ -6,9 +6,9 @@ value with its key and what is allowed.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import ml_collections
+
+from editdiff import config_checks as checks
 
 SCHEDULES = ("constant", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -54,72 +54,40 @@ def default_train_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_MESH_AXIS: checks.Check = ((lambda v: checks.is_int(v) and (v >= 1 or v == -1)),
+                             "an integer >= 1, or -1 for all remaining devices")
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
-
-
-def _number_at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_number(v) and v >= low), f"a number >= {low}"
-
-
-def _one_of(options: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
-
-
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": _int_at_least(0),
-    "compute_dtype": _one_of(COMPUTE_DTYPES),
-    "train.num_steps": _int_at_least(1),
-    "train.learning_rate": ((lambda v: _is_number(v) and v > 0), "a number > 0"),
-    "train.warmup_steps": _int_at_least(0),
-    "train.schedule": _one_of(SCHEDULES),
-    "train.adam_b1": ((lambda v: _is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
-    "train.adam_b2": ((lambda v: _is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
-    "train.adam_eps": ((lambda v: _is_number(v) and v > 0), "a number > 0"),
-    "train.weight_decay": _number_at_least(0),
-    "train.grad_clip_norm": _number_at_least(0),
-    "train.grad_accum_steps": _int_at_least(1),
-    "train.ema_decay": ((lambda v: _is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
-    "train.log_every": _int_at_least(1),
-    "train.checkpoint_every": _int_at_least(1),
-    "train.keep_checkpoints": _int_at_least(1),
-    "train.async_checkpointing": ((lambda v: isinstance(v, bool)), "True or False"),
-    "train.sample_every": _int_at_least(0),
-    "train.eval_every": _int_at_least(0),
-    "train.profile_steps": _int_at_least(0),
-    "mesh.data": ((lambda v: _is_int(v) and (v >= 1 or v == -1)), "an integer >= 1, or -1 for all remaining devices"),
-    "mesh.fsdp": ((lambda v: _is_int(v) and (v >= 1 or v == -1)), "an integer >= 1, or -1 for all remaining devices"),
-    "mesh.fsdp_min_size": _int_at_least(1),
-    "distributed.initialize": ((lambda v: isinstance(v, bool)), "True or False"),
+_CHECKS: dict[str, checks.Check] = {
+    "seed": checks.int_at_least(0),
+    "compute_dtype": checks.one_of(COMPUTE_DTYPES),
+    "train.num_steps": checks.int_at_least(1),
+    "train.learning_rate": checks.number_above(0),
+    "train.warmup_steps": checks.int_at_least(0),
+    "train.schedule": checks.one_of(SCHEDULES),
+    "train.adam_b1": checks.number_in(0, 1, high_open=True),
+    "train.adam_b2": checks.number_in(0, 1, high_open=True),
+    "train.adam_eps": checks.number_above(0),
+    "train.weight_decay": checks.number_at_least(0),
+    "train.grad_clip_norm": checks.number_at_least(0),
+    "train.grad_accum_steps": checks.int_at_least(1),
+    "train.ema_decay": checks.number_in(0, 1, high_open=True),
+    "train.log_every": checks.int_at_least(1),
+    "train.checkpoint_every": checks.int_at_least(1),
+    "train.keep_checkpoints": checks.int_at_least(1),
+    "train.async_checkpointing": checks.BOOLEAN,
+    "train.sample_every": checks.int_at_least(0),
+    "train.eval_every": checks.int_at_least(0),
+    "train.profile_steps": checks.int_at_least(0),
+    "mesh.data": _MESH_AXIS,
+    "mesh.fsdp": _MESH_AXIS,
+    "mesh.fsdp_min_size": checks.int_at_least(1),
+    "distributed.initialize": checks.BOOLEAN,
 }
-
-
-def _lookup(config: ml_collections.ConfigDict, dotted_key: str) -> Any:
-    node = config
-    for part in dotted_key.split("."):
-        node = node[part]
-    return node
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
     """Raises one ValueError listing every invalid or missing trainer key as `key = value: allowed`."""
-    problems = []
-    for key, (is_valid, allowed) in _RULES.items():
-        try:
-            value = _lookup(config, key)
-        except (KeyError, AttributeError):
-            problems.append(f"config.{key} is missing (expected {allowed})")
-            continue
-        if not is_valid(value):
-            problems.append(f"config.{key} = {value!r} is invalid; allowed: {allowed}")
+    problems = checks.find_problems(config, _CHECKS)
     if not problems:
         if config.mesh.data == -1 and config.mesh.fsdp == -1:
             problems.append("config.mesh.data = -1 and config.mesh.fsdp = -1: at most one mesh axis may be -1")
@@ -128,5 +96,4 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
                 f"config.train.num_steps = {config.train.num_steps} is invalid; allowed: a multiple of "
                 f"config.train.grad_accum_steps = {config.train.grad_accum_steps}"
             )
-    if problems:
-        raise ValueError("Invalid training config:\n  " + "\n  ".join(problems))
+    checks.raise_problems(problems, "training")
