@@ -62,16 +62,20 @@ class PhotoLoader:
         left = min(int(fraction[1] * (width - self.crop_size + 1)), width - self.crop_size)
         return top, left
 
-    def __call__(self, photo_index, reference_index, crop_fraction, reference_crop_fraction):
-        """Returns photo, blurred (zeros for unpaired sources) and reference crops, `(crop, crop, 3)` float32."""
+    def __call__(self, photo_index, reference_index, crop_fraction, reference_crop_fraction, load_reference):
+        """Returns photo, blurred (zeros for unpaired sources) and reference (zeros unless `load_reference`)
+        crops, `(crop, crop, 3)` float32."""
         c = self.crop_size
         photo, blurred = self._first_usable(int(photo_index))
         top, left = self._crop(photo, crop_fraction)
         photo_crop = photo[top:top + c, left:left + c]
         blurred_crop = np.zeros_like(photo_crop) if blurred is None else blurred[top:top + c, left:left + c]
-        reference, _ = self._first_usable(int(reference_index))
-        top, left = self._crop(reference, reference_crop_fraction)
-        reference_crop = reference[top:top + c, left:left + c]
+        if load_reference:
+            reference, _ = self._first_usable(int(reference_index))
+            top, left = self._crop(reference, reference_crop_fraction)
+            reference_crop = reference[top:top + c, left:left + c]
+        else:  # colour transfer is off: the reference field is zeros anyway
+            reference_crop = np.zeros_like(photo_crop)
         return (np.ascontiguousarray(photo_crop, np.float32), np.ascontiguousarray(blurred_crop, np.float32),
                 np.ascontiguousarray(reference_crop, np.float32))
 
@@ -107,7 +111,8 @@ def example_fn(source: Source, cfg: ml_collections.ConfigDict, seed: int):
         photo, blurred, reference = tf.numpy_function(
             loader, [photo_index, reference_index,
                      tf.random.stateless_uniform([2], purpose_seed(example, "crop")),
-                     tf.random.stateless_uniform([2], purpose_seed(example, "reference_crop"))],
+                     tf.random.stateless_uniform([2], purpose_seed(example, "reference_crop")),
+                     labels[TASKS.index("colour")] > 0.5],
             [tf.float32] * 3, stateful=False)
         photo.set_shape([crop, crop, 3])
         blurred.set_shape([crop, crop, 3])

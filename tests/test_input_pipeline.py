@@ -11,7 +11,7 @@ from PIL import Image
 import input_pipeline
 from input_pipeline import preview
 from input_pipeline.config import default_data_config, validate_data_config
-from input_pipeline.images import decode_image
+from input_pipeline.images import decode_image, fit_to_crop
 from input_pipeline.tasks import TASKS, label_table
 
 
@@ -184,6 +184,17 @@ def test_decoding_converts_grey_rgba_and_keeps_16_bit_precision():
     buffer = io.BytesIO()
     Image.fromarray(deep).save(buffer, format="PNG")
     np.testing.assert_allclose(decode_image(buffer.getvalue())[..., 0], deep / 65535.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["upscale", "pad", "skip"])
+def test_small_image_policies(policy):
+    small = np.random.default_rng(2).random((20, 40, 3)).astype(np.float32)
+    fitted = fit_to_crop(small, 32, policy)
+    if policy == "skip":
+        assert fitted is None
+    else:
+        assert fitted.shape[0] >= 32 and fitted.shape[1] >= 32 and 0.0 <= fitted.min() <= fitted.max() <= 1.0
+    assert fit_to_crop(small, 16, policy) is small
 
 
 def test_paired_source_uses_the_real_blurred_frame(tmp_path):
