@@ -134,6 +134,10 @@ def test_unsupported_config_is_an_error_naming_it(change, message):
         UNetConfig.from_diffusers({**SD1_TINY, **change})
 
 
-def test_dataclass_is_frozen():
+def test_config_is_frozen_and_hashable_even_from_lists():
+    config = UNetConfig(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], norm_num_groups=8)
+    assert config.block_out_channels == (32, 64)
+    hash(config)  # static under jit
     with pytest.raises(dataclasses.FrozenInstanceError):
-        UNetConfig().in_channels = 3
+        config.in_channels = 3

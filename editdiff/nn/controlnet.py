@@ -20,7 +20,8 @@ from flax import nnx
 from editdiff.nn.layers import TimestepEmbedding, conv2d
 from editdiff.nn.unet import (DOWN_BLOCK_TYPES, MID_BLOCK_TYPES, UNet2DConditionModel, UNetConfig,
                               build_down_blocks, build_mid_block, check_choice, check_per_block,
-                              config_from_diffusers, embed_timesteps)
+                              config_from_diffusers, config_to_diffusers, embed_timesteps,
+                              freeze_sequences)
 
 Dtype = jnp.dtype
 
@@ -65,6 +66,7 @@ class ControlNetConfig:
     conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256)
 
     def __post_init__(self):
+        freeze_sequences(self)
         owner, n = "ControlNetConfig", len(self.down_block_types)
         for block_type in self.down_block_types:
             check_choice(owner, "down_block_types", block_type, DOWN_BLOCK_TYPES)
@@ -99,8 +101,7 @@ class ControlNetConfig:
 
     def to_diffusers(self) -> dict:
         """The config.json dict diffusers' ControlNetModel.from_pretrained reads."""
-        as_lists = lambda v: list(v) if isinstance(v, tuple) else v
-        return {"_class_name": "ControlNetModel", **{k: as_lists(v) for k, v in dataclasses.asdict(self).items()}}
+        return config_to_diffusers("ControlNetModel", self)
 
     @property
     def time_embed_dim(self) -> int:

@@ -142,7 +142,8 @@ class ResnetBlock2D(nnx.Module):
 
 
 class Downsample2D(nnx.Module):
-    """Halves H and W with a 3x3 stride-2 conv; (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out).
+    """Halves H and W with a 3x3 stride-2 conv; (B, H, W, C) -> (B, H', W', out), H' = ceil(H/2) for
+    padding=1 and floor(H/2) for padding=0.
 
     `padding` is diffusers' argument: 1 pads every side by one (the U-Net); 0 is the VAE's variant, which pads
     only bottom and right by one before an unpadded conv.

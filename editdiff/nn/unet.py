@@ -77,6 +77,17 @@ def config_from_diffusers(cls: type, config: Mapping[str, Any], fixed_keys: Mapp
     return cls(**kwargs)
 
 
+def config_to_diffusers(class_name: str, config: Any) -> dict:
+    """Dataclass `config` as the config.json dict diffusers' `class_name`.from_pretrained reads."""
+    return {"_class_name": class_name, **{k: _as_lists(v) for k, v in dataclasses.asdict(config).items()}}
+
+
+def freeze_sequences(config: Any) -> None:
+    """Turns list fields of a frozen dataclass into tuples in place: configs are static (hashed) under jit."""
+    for field in dataclasses.fields(config):
+        object.__setattr__(config, field.name, _as_tuples(getattr(config, field.name)))
+
+
 def check_choice(owner: str, key: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise ValueError(f"{owner}: {key}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
@@ -91,8 +102,10 @@ def check_per_block(owner: str, key: str, value: Any, num_blocks: int) -> None:
 class UNetConfig:
     """diffusers' UNet2DConditionModel config, the subset we implement (fields carry config.json names).
 
-    `attention_head_dim` is, as in diffusers, the number of heads (its historical misnomer); per-block
-    settings are an int or one value per down block.
+    `attention_head_dim` is, as in diffusers, the number of heads (its historical misnomer; diffusers'
+    UNet2DConditionModel rejects `num_attention_heads`, so do we); per-block settings are an int or one value
+    per down block. `upcast_attention` is kept for export only: our attention always computes its logits and
+    softmax in float32. diffusers' "UNetMidBlock2D" in this model is a single resnet without attention.
     """
 
     sample_size: int | tuple[int, int] | None = None
@@ -122,6 +135,7 @@ class UNetConfig:
     conv_out_kernel: int = 3
 
     def __post_init__(self):
+        freeze_sequences(self)
         owner, n = "UNetConfig", len(self.down_block_types)
         for block_type in self.down_block_types:
             check_choice(owner, "down_block_types", block_type, DOWN_BLOCK_TYPES)
@@ -150,8 +164,7 @@ class UNetConfig:
 
     def to_diffusers(self) -> dict:
         """The config.json dict diffusers' UNet2DConditionModel.from_pretrained reads."""
-        return {"_class_name": "UNet2DConditionModel",
-                **{k: _as_lists(v) for k, v in dataclasses.asdict(self).items()}}
+        return config_to_diffusers("UNet2DConditionModel", self)
 
     @property
     def time_embed_dim(self) -> int:

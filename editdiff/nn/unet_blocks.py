@@ -59,6 +59,9 @@ class Transformer2DModel(nnx.Module):
 
     def __init__(self, channels: int, *, spec: CrossAttentionSpec, groups: int, dtype: Dtype = jnp.float32,
                  rngs: nnx.Rngs):
+        if channels % spec.heads:
+            raise ValueError(f"Transformer2DModel: {channels} channels do not split into {spec.heads} heads "
+                             "(attention_head_dim, diffusers' name for the head count)")
         self.norm = group_norm(channels, groups=groups, eps=1e-6, dtype=dtype, rngs=rngs)
         self.proj_in = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
         self.transformer_blocks = nnx.List([

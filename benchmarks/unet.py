@@ -1,0 +1,152 @@
+"""U-Net training speed: one jitted train step (forward + backward + Adam) of our Flax U-Net against diffusers'
+PyTorch UNet2DConditionModel with torch.optim.Adam, same config, same weights, same machine.
+
+Loss: mean squared error of the predicted noise. JAX: `jax.jit` of a pure step on `nnx.split` state with the
+parameters and optimiser state donated; compile time (lower + compile) printed apart; FLOPs per step from XLA's
+cost analysis of the compiled step. Step times are medians of --steps steps after one warm-up step. MFU is
+printed when --peak_tflops (the device's dense peak for --dtype) is given. Goal (issue 2), on CPU: JAX step
+time <= 0.8x PyTorch's.
+
+    python -m benchmarks.unet                                  # tiny config, 16x16 latent, batch 2
+    python -m benchmarks.unet --config sd15 --steps 3          # SD-1.5 size, 32x32 latent, batch 1 (slow on CPU)
+    python -m benchmarks.unet --config sd15 --latent 64 --batch 8 --dtype bfloat16 --peak_tflops 989 --no_torch
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import nnx
+
+from editdiff.interop.diffusers_unet import unet_rules
+from editdiff.interop.name_map import load_state_dict
+from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
+
+CONFIGS = {
+    # (diffusers config, default latent size, default batch, text context length)
+    "tiny": (dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
+                  norm_num_groups=8), 16, 2, 8),
+    # Stable Diffusion 1.5's UNet2DConditionModel config (diffusers' defaults with cross_attention_dim 768).
+    "sd15": (dict(sample_size=64, cross_attention_dim=768), 32, 1, 77),
+}
+LEARNING_RATE = 1e-4
+
+
+def median_seconds(step, steps: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_batch(config: dict, latent: int, batch: int, context_length: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return dict(sample=rng.standard_normal((batch, latent, latent, 4)).astype(np.float32),
+                noise=rng.standard_normal((batch, latent, latent, 4)).astype(np.float32),
+                timesteps=rng.integers(0, 1000, batch),
+                context=rng.standard_normal((batch, context_length, config["cross_attention_dim"])).astype(np.float32))
+
+
+def time_torch(torch_unet: torch.nn.Module, batch: dict, steps: int) -> float:
+    torch_unet.train()
+    optimizer = torch.optim.Adam(torch_unet.parameters(), lr=LEARNING_RATE)
+    sample = torch.from_numpy(batch["sample"].transpose(0, 3, 1, 2).copy())
+    noise = torch.from_numpy(batch["noise"].transpose(0, 3, 1, 2).copy())
+    timesteps, context = torch.from_numpy(batch["timesteps"]), torch.from_numpy(batch["context"])
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.mean((torch_unet(sample, timesteps, context).sample - noise) ** 2)
+        loss.backward()
+        optimizer.step()
+
+    seconds = median_seconds(step, steps)
+    optimizer.zero_grad(set_to_none=True)
+    del optimizer  # frees the Adam moments before the JAX side allocates its own
+    return seconds
+
+
+def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype) -> UNet2DConditionModel:
+    """Our U-Net holding `torch_unet`'s weights (through the interop name map, without a file)."""
+    model = nnx.eval_shape(lambda: UNet2DConditionModel(UNetConfig.from_diffusers(config), rngs=nnx.Rngs(0),
+                                                        dtype=dtype))
+    state_dict = {k: v.detach().numpy() for k, v in torch_unet.state_dict().items()}
+    load_state_dict(model, state_dict, unet_rules(model), source="torch model")
+    return model
+
+
+def time_jax(model: UNet2DConditionModel, batch: dict, steps: int) -> tuple[float, float, float]:
+    """(compile seconds, step seconds, FLOPs per step) of a jitted forward + backward + Adam step."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    optimizer = optax.adam(LEARNING_RATE)
+
+    def train_step(params, opt_state, batch):
+        def loss_fn(params):
+            prediction = nnx.merge(graphdef, params)(batch["sample"], batch["timesteps"], batch["context"])
+            return jnp.mean((prediction.astype(jnp.float32) - batch["noise"]) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    batch = jax.device_put(batch)
+    start = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(state["params"], state["opt_state"], batch).compile()
+    compile_seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", float("nan")))
+
+    def step():
+        state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], batch)
+        loss.block_until_ready()
+
+    return compile_seconds, median_seconds(step, steps), flops
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=[*CONFIGS, "all"], default="tiny")
+    parser.add_argument("--latent", type=int, help="latent height = width (default per config)")
+    parser.add_argument("--batch", type=int, help="batch size (default per config)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="JAX compute dtype")
+    parser.add_argument("--peak_tflops", type=float, help="device dense peak TFLOP/s for --dtype, for MFU")
+    parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch side (e.g. on a GPU machine)")
+    args = parser.parse_args()
+
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({args.dtype}) | PyTorch {torch.__version__} "
+          f"on CPU, {torch.get_num_threads()} threads (float32)")
+    print(f"{'config':<6} {'latent':>6} {'batch':>5} {'JAX compile s':>13} {'JAX step s':>10} {'PyTorch step s':>14} "
+          f"{'JAX/PyTorch':>11} {'GFLOP/step':>10} {'TFLOP/s':>8} {'img/s':>7} {'MFU':>6}")
+    for name in CONFIGS if args.config == "all" else [args.config]:
+        config, latent, batch_size, context_length = CONFIGS[name]
+        latent, batch_size = args.latent or latent, args.batch or batch_size
+        batch = make_batch(config, latent, batch_size, context_length)
+        torch.manual_seed(0)
+        torch_unet = diffusers.UNet2DConditionModel(**config)
+        torch_seconds = float("nan") if args.no_torch else time_torch(torch_unet, batch, args.steps)
+        model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype))
+        del torch_unet
+        compile_seconds, jax_seconds, flops = time_jax(model, batch, args.steps)
+        tflops = flops / jax_seconds / 1e12
+        mfu = f"{tflops / args.peak_tflops:6.1%}" if args.peak_tflops else f"{'-':>6}"
+        print(f"{name:<6} {latent:>6} {batch_size:>5} {compile_seconds:>13.1f} {jax_seconds:>10.3f} "
+              f"{torch_seconds:>14.3f} {jax_seconds / torch_seconds:>11.2f} {flops / 1e9:>10.1f} {tflops:>8.3f} "
+              f"{batch_size / jax_seconds:>7.2f} {mfu}")
+
+
+if __name__ == "__main__":
+    main()
