@@ -1,8 +1,8 @@
 """Stateless randomness keyed by (seed, global example index), so any batch can be rebuilt from scratch.
 
 Two kinds of keys: `example_seed` / `purpose_seed` give the shape-(2,) int64 seeds TF's `stateless_*` ops take;
-`hash_uniform` gives an independent uniform number per element of an integer lattice (the film grain needs one
-per grain cell, far too many cells for per-call seeds).
+`mix32` / `uniform_from_hash` turn integer keys into independent uniform numbers element-wise (the film grain
+needs one per grain cell, far too many cells for per-call seeds).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tensorflow as tf
 
 # One id per independent use of randomness inside an example; never renumber (it would change every batch).
 PURPOSES = {
-    "image": 1, "reference": 2, "labels": 3, "strengths": 4, "crop": 5, "reference_crop": 6, "flip": 7,
+    "reference": 2, "labels": 3, "strengths": 4, "crop": 5, "reference_crop": 6, "flip": 7,
     "motion_angle": 8, "grain": 9, "mask": 10,
 }
 
@@ -35,25 +35,6 @@ def mix32(x: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
 
 
-def hash_uint32(*keys: tf.Tensor) -> tf.Tensor:
-    """A uint32 hash of integer tensors (broadcast together; only their low 32 bits count)."""
-    h = tf.constant(0x9E3779B9, tf.uint32)
-    for key in keys:
-        h = hash_combine(h, key)
-    return h
-
-
-def hash_combine(h: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-    """Folds one more integer key into the uint32 hash `h`."""
-    key = tf.cast(tf.cast(key, tf.int64) & 0xFFFFFFFF, tf.uint32)
-    return mix32(tf.bitwise.bitwise_xor(h, key * tf.constant(0x9E3779B9, tf.uint32)))
-
-
 def uniform_from_hash(h: tf.Tensor) -> tf.Tensor:
     """A float32 in [0, 1) from the top 24 bits of a uint32 hash."""
     return tf.cast(tf.bitwise.right_shift(h, tf.constant(8, tf.uint32)), tf.float32) * (1.0 / (1 << 24))
-
-
-def hash_uniform(*keys: tf.Tensor) -> tf.Tensor:
-    """A float32 in [0, 1) per element, a pure function of the integer keys."""
-    return uniform_from_hash(hash_uint32(*keys))
