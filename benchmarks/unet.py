@@ -9,7 +9,8 @@ time <= 0.8x PyTorch's.
 
     python -m benchmarks.unet                                  # tiny config, 16x16 latent, batch 2
     python -m benchmarks.unet --config sd15 --steps 3          # SD-1.5 size, 32x32 latent, batch 1 (slow on CPU)
-    python -m benchmarks.unet --config sd15 --latent 64 --batch 8 --dtype bfloat16 --peak_tflops 989 --no_torch
+    # GPU, SD-1.5 at 512 px (64x64 latent), bf16, cuDNN flash attention; 989 = H100 SXM dense bf16 TFLOP/s
+    python -m benchmarks.unet --config sd15 --latent 64 --batch 8 --dtype bfloat16 --attention cudnn --peak_tflops 989 --no_torch
 """
 from __future__ import annotations
 
@@ -78,10 +79,11 @@ def time_torch(torch_unet: torch.nn.Module, batch: dict, steps: int) -> float:
     return seconds
 
 
-def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype) -> UNet2DConditionModel:
+def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: str | None
+                   ) -> UNet2DConditionModel:
     """Our U-Net holding `torch_unet`'s weights (through the interop name map, without a file)."""
     model = nnx.eval_shape(lambda: UNet2DConditionModel(UNetConfig.from_diffusers(config), rngs=nnx.Rngs(0),
-                                                        dtype=dtype))
+                                                        dtype=dtype, attention_implementation=attention))
     state_dict = {k: v.detach().numpy() for k, v in torch_unet.state_dict().items()}
     load_state_dict(model, state_dict, unet_rules(model), source="torch model")
     return model
@@ -124,6 +126,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="JAX compute dtype")
     parser.add_argument("--peak_tflops", type=float, help="device dense peak TFLOP/s for --dtype, for MFU")
+    parser.add_argument("--attention", choices=["xla", "cudnn"], help="dot_product_attention implementation")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch side (e.g. on a GPU machine)")
     args = parser.parse_args()
 
@@ -138,7 +141,7 @@ def main():
         torch.manual_seed(0)
         torch_unet = diffusers.UNet2DConditionModel(**config)
         torch_seconds = float("nan") if args.no_torch else time_torch(torch_unet, batch, args.steps)
-        model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype))
+        model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype), args.attention)
         del torch_unet
         compile_seconds, jax_seconds, flops = time_jax(model, batch, args.steps)
         tflops = flops / jax_seconds / 1e12

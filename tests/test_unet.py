@@ -10,7 +10,9 @@ import torch
 from flax import nnx
 
 from editdiff.interop.diffusers_unet import load_unet
-from editdiff.nn.unet import UNetConfig, embed_timesteps
+from editdiff.nn.controlnet import ControlNetConfig, ControlNetModel
+from editdiff.nn.layers import Attention
+from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, embed_timesteps
 from unet_testing import SD1_TINY, apply, randomize, to_nchw, to_nhwc
 
 PARITY_CONFIGS = {
@@ -95,6 +97,16 @@ def test_bfloat16_compute_keeps_float32_params(sd1):
     relative = np.abs(np.asarray(got, np.float32) - reference).max() / np.abs(reference).max()
     print(f"bfloat16 vs float32: max abs error / output scale {relative:.3g}")
     assert relative < 0.05
+
+
+def test_attention_implementation_reaches_every_attention():
+    config = UNetConfig.from_diffusers(SD1_TINY)
+    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), attention_implementation="cudnn"))
+    controlnet = nnx.eval_shape(lambda: ControlNetModel(ControlNetConfig.from_unet(config), rngs=nnx.Rngs(0),
+                                                       attention_implementation="cudnn"))
+    for module in (model, controlnet):
+        attentions = [m for _, m in nnx.iter_graph(module) if isinstance(m, Attention)]
+        assert attentions and {a.implementation for a in attentions} == {"cudnn"}
 
 
 def test_missing_context_is_an_error_when_cross_attention_exists(sd1):

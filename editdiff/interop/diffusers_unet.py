@@ -113,13 +113,15 @@ def _parse_config(directory, config_cls):
         raise CheckpointError(f"{directory}: {e}") from e
 
 
-def load_unet(directory: str | os.PathLike, *, dtype=jnp.float32) -> UNet2DConditionModel:
+def load_unet(directory: str | os.PathLike, *, dtype=jnp.float32,
+              attention_implementation: str | None = None) -> UNet2DConditionModel:
     """Reads a diffusers UNet2DConditionModel directory (config.json + diffusion_pytorch_model.safetensors or
     .bin) into a UNet2DConditionModel computing in `dtype`. Any mismatch is a CheckpointError that names it."""
     config = _parse_config(directory, UNetConfig)
     state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
     # Built abstractly: every parameter comes from the file, so random initialisation would be wasted work.
-    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=dtype))
+    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                                        attention_implementation=attention_implementation))
     load_state_dict(model, state_dict, unet_rules(model), source=path)
     return model
 
@@ -130,11 +132,13 @@ def export_unet(model: UNet2DConditionModel, directory: str | os.PathLike) -> No
     write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]), export_state_dict(model, unet_rules(model)))
 
 
-def load_controlnet(directory: str | os.PathLike, *, dtype=jnp.float32) -> ControlNetModel:
+def load_controlnet(directory: str | os.PathLike, *, dtype=jnp.float32,
+                    attention_implementation: str | None = None) -> ControlNetModel:
     """Reads a diffusers ControlNetModel directory into a ControlNetModel computing in `dtype`."""
     config = _parse_config(directory, ControlNetConfig)
     state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
-    model = nnx.eval_shape(lambda: ControlNetModel(config, rngs=nnx.Rngs(0), dtype=dtype))
+    model = nnx.eval_shape(lambda: ControlNetModel(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                                   attention_implementation=attention_implementation))
     load_state_dict(model, state_dict, controlnet_rules(model), source=path)
     return model
 

@@ -137,11 +137,14 @@ def zero_conv(in_channels: int, out_channels: int, kernel_size: int, *, padding:
 
 
 class ControlNetModel(nnx.Module):
-    """ControlNet branch for a U-Net with the same encoder config; params float32, computation in `dtype`."""
+    """ControlNet branch for a U-Net with the same encoder config; params float32, computation in `dtype`,
+    `attention_implementation` as for UNet2DConditionModel."""
 
-    def __init__(self, config: ControlNetConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
+    def __init__(self, config: ControlNetConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                 attention_implementation: str | None = None):
         self.config = config
         self.dtype = dtype
+        self.attention_implementation = attention_implementation
         channels = config.block_out_channels
         temb = config.time_embed_dim
         self.conv_in = conv2d(config.in_channels, channels[0], 3, padding=1, dtype=dtype, rngs=rngs)
@@ -149,8 +152,9 @@ class ControlNetModel(nnx.Module):
         self.controlnet_cond_embedding = ControlNetConditioningEmbedding(
             config.conditioning_channels, channels[0],
             block_out_channels=config.conditioning_embedding_out_channels, dtype=dtype, rngs=rngs)
-        self.down_blocks = build_down_blocks(config, temb_channels=temb, dtype=dtype, rngs=rngs)
-        self.mid_block = build_mid_block(config, temb_channels=temb, dtype=dtype, rngs=rngs)
+        blocks = dict(temb_channels=temb, attention_implementation=attention_implementation, dtype=dtype, rngs=rngs)
+        self.down_blocks = build_down_blocks(config, **blocks)
+        self.mid_block = build_mid_block(config, **blocks)
 
         skip_channels = [channels[0]]
         for i, block in enumerate(self.down_blocks):
@@ -163,12 +167,14 @@ class ControlNetModel(nnx.Module):
                   conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
                   rngs: nnx.Rngs | None = None, dtype: Dtype | None = None) -> "ControlNetModel":
         """A ControlNet for `unet`: its conv_in, time embedding, down blocks and mid block start as copies of
-        the U-Net's; the hint embedding is randomly initialised (from `rngs`) and every output conv is zero."""
+        the U-Net's; the hint embedding is randomly initialised (from `rngs`) and every output conv is zero.
+        Compute dtype and attention implementation follow the U-Net unless `dtype` is given."""
         config = ControlNetConfig.from_unet(unet.config, conditioning_channels=conditioning_channels,
                                             conditioning_embedding_out_channels=conditioning_embedding_out_channels)
         dtype = unet.dtype if dtype is None else dtype
         # Built abstractly: only the hint embedding needs random values, everything else is copied or zero.
-        controlnet = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype))
+        controlnet = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                                attention_implementation=unet.attention_implementation))
         controlnet.controlnet_cond_embedding = ControlNetConditioningEmbedding(
             config.conditioning_channels, config.block_out_channels[0],
             block_out_channels=config.conditioning_embedding_out_channels, dtype=dtype,

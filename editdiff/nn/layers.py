@@ -50,13 +50,16 @@ class Attention(nnx.Module):
     context (B, S, context_dim); returns (B, L, query_dim).
 
     to_q / to_k / to_v (bias only if `qkv_bias`, as in the VAE's attention) and the to_out projection (bias).
+    `implementation` goes to `dot_product_attention` (None: XLA chooses; "cudnn": flash kernel on GPU).
     """
 
     def __init__(self, query_dim: int, *, heads: int, head_dim: int, context_dim: int | None = None,
-                 qkv_bias: bool = False, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+                 qkv_bias: bool = False, implementation: str | None = None, dtype: Dtype = jnp.float32,
+                 rngs: nnx.Rngs):
         inner_dim = heads * head_dim
         context_dim = query_dim if context_dim is None else context_dim
         self.heads = heads
+        self.implementation = implementation
         self.to_q = nnx.Linear(query_dim, inner_dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.to_k = nnx.Linear(context_dim, inner_dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.to_v = nnx.Linear(context_dim, inner_dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
@@ -66,7 +69,7 @@ class Attention(nnx.Module):
         context = x if context is None else context
         split_heads = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
         out = dot_product_attention(split_heads(self.to_q(x)), split_heads(self.to_k(context)),
-                                    split_heads(self.to_v(context)))
+                                    split_heads(self.to_v(context)), implementation=self.implementation)
         return self.to_out(out.reshape(*out.shape[:2], -1))
 
 

@@ -176,7 +176,8 @@ class UNetConfig:
                 or self.mid_block_type == "UNetMidBlock2DCrossAttn")
 
 
-def build_down_blocks(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.List:
+def build_down_blocks(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
+                      rngs: nnx.Rngs) -> nnx.List:
     """The encoder stages of a U-Net or ControlNet `config` (both carry diffusers' field names)."""
     n = len(config.down_block_types)
     heads = per_block(config.attention_head_dim, n)
@@ -185,8 +186,8 @@ def build_down_blocks(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rng
     blocks, out_channels = [], config.block_out_channels[0]
     for i, block_type in enumerate(config.down_block_types):
         in_channels, out_channels = out_channels, config.block_out_channels[i]
-        spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i])
-                if block_type == "CrossAttnDownBlock2D" else None)
+        spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i],
+                                   attention_implementation) if block_type == "CrossAttnDownBlock2D" else None)
         blocks.append(DownBlock2D(in_channels, out_channels, temb_channels=temb_channels, num_layers=layers[i],
                                   add_downsample=i < n - 1, groups=config.norm_num_groups, eps=config.norm_eps,
                                   downsample_padding=config.downsample_padding, cross_attention=spec,
@@ -194,8 +195,8 @@ def build_down_blocks(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rng
     return nnx.List(blocks)
 
 
-def build_mid_block(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rngs
-                    ) -> UNetMidBlock2DCrossAttn | UNetMidBlock2D:
+def build_mid_block(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
+                    rngs: nnx.Rngs) -> UNetMidBlock2DCrossAttn | UNetMidBlock2D:
     """The middle stage of a U-Net or ControlNet `config`, as diffusers' `get_mid_block` builds it."""
     n = len(config.down_block_types)
     channels = config.block_out_channels[-1]
@@ -203,7 +204,7 @@ def build_mid_block(config, *, temb_channels: int, dtype: Dtype, rngs: nnx.Rngs
                   output_scale_factor=config.mid_block_scale_factor, dtype=dtype, rngs=rngs)
     if config.mid_block_type == "UNetMidBlock2DCrossAttn":
         spec = CrossAttentionSpec(per_block(config.attention_head_dim, n)[-1], config.cross_attention_dim,
-                                  per_block(config.transformer_layers_per_block, n)[-1])
+                                  per_block(config.transformer_layers_per_block, n)[-1], attention_implementation)
         return UNetMidBlock2DCrossAttn(channels, cross_attention=spec, **common)
     return UNetMidBlock2D(channels, **common)
 
@@ -224,19 +225,23 @@ def num_skip_connections(config) -> int:
 
 
 class UNet2DConditionModel(nnx.Module):
-    """The conditional denoiser; params float32, computation in `dtype`."""
+    """The conditional denoiser; params float32, computation in `dtype`. `attention_implementation` is passed
+    to `jax.nn.dot_product_attention` (None: XLA chooses; "cudnn": the fused flash kernel, GPU, bf16/fp16)."""
 
-    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                 attention_implementation: str | None = None):
         self.config = config
         self.dtype = dtype
+        self.attention_implementation = attention_implementation
         n = len(config.down_block_types)
         channels = config.block_out_channels
         temb = config.time_embed_dim
         self.conv_in = conv2d(config.in_channels, channels[0], config.conv_in_kernel,
                               padding=(config.conv_in_kernel - 1) // 2, dtype=dtype, rngs=rngs)
         self.time_embedding = TimestepEmbedding(channels[0], temb, dtype=dtype, rngs=rngs)
-        self.down_blocks = build_down_blocks(config, temb_channels=temb, dtype=dtype, rngs=rngs)
-        self.mid_block = build_mid_block(config, temb_channels=temb, dtype=dtype, rngs=rngs)
+        blocks = dict(temb_channels=temb, attention_implementation=attention_implementation, dtype=dtype, rngs=rngs)
+        self.down_blocks = build_down_blocks(config, **blocks)
+        self.mid_block = build_mid_block(config, **blocks)
 
         heads = per_block(config.attention_head_dim, n)[::-1]
         layers = per_block(config.layers_per_block, n)[::-1]
@@ -244,8 +249,8 @@ class UNet2DConditionModel(nnx.Module):
         reversed_channels = channels[::-1]
         up_blocks = []
         for i, block_type in enumerate(config.up_block_types):
-            spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i])
-                    if block_type == "CrossAttnUpBlock2D" else None)
+            spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i],
+                                       attention_implementation) if block_type == "CrossAttnUpBlock2D" else None)
             up_blocks.append(UpBlock2D(
                 reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
                 temb_channels=temb, num_layers=layers[i] + 1, add_upsample=i < n - 1,

@@ -20,11 +20,13 @@ Dtype = jnp.dtype
 @dataclasses.dataclass(frozen=True)
 class CrossAttentionSpec:
     """How a block's Transformer2DModels are built: `heads` heads of width channels // heads (diffusers'
-    `num_attention_heads`), `layers` BasicTransformerBlocks each, keys/values from a `context_dim` context."""
+    `num_attention_heads`), `layers` BasicTransformerBlocks each, keys/values from a `context_dim` context,
+    `attention_implementation` for `dot_product_attention`."""
 
     heads: int
     context_dim: int
     layers: int = 1
+    attention_implementation: str | None = None
 
 
 class BasicTransformerBlock(nnx.Module):
@@ -33,13 +35,15 @@ class BasicTransformerBlock(nnx.Module):
         x = x + attn1(norm1(x));  x = x + attn2(norm2(x), context);  x = x + ff(norm3(x))
     """
 
-    def __init__(self, dim: int, *, heads: int, context_dim: int, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, heads: int, context_dim: int, attention_implementation: str | None = None,
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         layer_norm = lambda: nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype, rngs=rngs)
+        attention = dict(heads=heads, head_dim=dim // heads, implementation=attention_implementation, dtype=dtype,
+                         rngs=rngs)
         self.norm1 = layer_norm()
-        self.attn1 = Attention(dim, heads=heads, head_dim=dim // heads, dtype=dtype, rngs=rngs)
+        self.attn1 = Attention(dim, **attention)
         self.norm2 = layer_norm()
-        self.attn2 = Attention(dim, heads=heads, head_dim=dim // heads, context_dim=context_dim, dtype=dtype,
-                               rngs=rngs)
+        self.attn2 = Attention(dim, context_dim=context_dim, **attention)
         self.norm3 = layer_norm()
         self.ff = FeedForward(dim, dtype=dtype, rngs=rngs)
 
@@ -65,7 +69,8 @@ class Transformer2DModel(nnx.Module):
         self.norm = group_norm(channels, groups=groups, eps=1e-6, dtype=dtype, rngs=rngs)
         self.proj_in = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
         self.transformer_blocks = nnx.List([
-            BasicTransformerBlock(channels, heads=spec.heads, context_dim=spec.context_dim, dtype=dtype, rngs=rngs)
+            BasicTransformerBlock(channels, heads=spec.heads, context_dim=spec.context_dim,
+                                  attention_implementation=spec.attention_implementation, dtype=dtype, rngs=rngs)
             for _ in range(spec.layers)])
         self.proj_out = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
 
