@@ -11,7 +11,7 @@ from PIL import Image
 import input_pipeline
 from input_pipeline import preview
 from input_pipeline.config import default_data_config, validate_data_config
-from input_pipeline.images import decode_image, fit_to_crop
+from input_pipeline.images import UnreadableImage, decode_image, fit_to_crop
 from input_pipeline.tasks import TASKS, label_table
 
 
@@ -184,6 +184,24 @@ def test_decoding_converts_grey_rgba_and_keeps_16_bit_precision():
     buffer = io.BytesIO()
     Image.fromarray(deep).save(buffer, format="PNG")
     np.testing.assert_allclose(decode_image(buffer.getvalue())[..., 0], deep / 65535.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP"])
+def test_damaged_files_decode_or_raise_unreadable(image_format):
+    """Flipped and cut bytes: a valid image in [0, 1] or UnreadableImage, never another exception."""
+    rng = np.random.default_rng(3)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(buffer, format=image_format)
+    intact = buffer.getvalue()
+    for trial in range(40):
+        damaged = bytearray(intact[: rng.integers(1, len(intact))] if trial % 2 else intact)
+        for position in rng.integers(0, len(damaged), 3 if trial % 2 == 0 else 0):
+            damaged[position] = rng.integers(0, 256)
+        try:
+            image = decode_image(bytes(damaged))
+        except UnreadableImage:
+            continue
+        assert image.ndim == 3 and image.shape[-1] == 3 and 0.0 <= image.min() <= image.max() <= 1.0
 
 
 @pytest.mark.parametrize("policy", ["upscale", "pad", "skip"])
