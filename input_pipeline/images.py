@@ -8,6 +8,7 @@ Corrupt, truncated and unreadable files raise `UnreadableImage`; the caller skip
 from __future__ import annotations
 
 import io
+import logging
 import threading
 
 import numpy as np
@@ -26,8 +27,13 @@ class SkipLog:
         self._reasons: dict[str, str] = {}
 
     def add(self, path: str, reason: str) -> None:
+        """Records `path` once, with a warning in the log (the first reason wins)."""
         with self._lock:
-            self._reasons.setdefault(path, reason)
+            if path in self._reasons:
+                return
+            self._reasons[path] = reason
+            count = len(self._reasons)
+        logging.warning("input_pipeline: skipping %s (%s); %d file(s) skipped so far", path, reason, count)
 
     def __contains__(self, path: str) -> bool:
         with self._lock:
