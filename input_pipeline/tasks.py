@@ -101,11 +101,11 @@ def composite(photo: tf.Tensor, reference: tf.Tensor, real_blurred: tf.Tensor | 
     `real_blurred` (paired sources) replaces the synthetic blur; `seed` is the example's (2,) seed.
     """
     crop = photo.shape[0]
-    on = [labels[i] > 0.5 for i in range(len(TASKS))]
+    on = {task: labels[i] > 0.5 for i, task in enumerate(TASKS)}
     image = photo
 
     if real_blurred is not None:
-        image = tf.cond(on[0], lambda: real_blurred, lambda: image)
+        image = tf.cond(on["blur"], lambda: real_blurred, lambda: image)
     else:
         max_length = max(1.0, scale_with_crop(cfg.motion_blur.max_length_at_256, crop))
         if cfg.motion_blur.angle_mode == "fixed":
@@ -113,18 +113,17 @@ def composite(photo: tf.Tensor, reference: tf.Tensor, real_blurred: tf.Tensor | 
         else:
             angle = tf.random.stateless_uniform([], purpose_seed(seed, "motion_angle"), maxval=math.pi)
         if kernel_size(max_length) > 1:
-            image = tf.cond(on[0], lambda: effects.motion_blur(image, strengths["beta"], angle, max_length),
+            image = tf.cond(on["blur"], lambda: effects.motion_blur(image, strengths["beta"], angle, max_length),
                             lambda: image)
-    image = tf.cond(on[2], lambda: effects.colour_transfer(image, reference), lambda: image)
-    image = tf.cond(on[4], lambda: effects.unsharp_mask(image, strengths["lambda"], strengths["mu"],
-                                                        cfg.sharpen.blur_sigma), lambda: image)
-    image = tf.cond(on[1], lambda: effects.film_grain(image, strengths["sigma"], purpose_seed(seed, "grain"),
-                                                      filter_sigma=cfg.film_grain.filter_sigma,
-                                                      monte_carlo_samples=cfg.film_grain.monte_carlo_samples),
-                    lambda: image)
+    image = tf.cond(on["colour"], lambda: effects.colour_transfer(image, reference), lambda: image)
+    image = tf.cond(on["sharpen"], lambda: effects.unsharp_mask(image, strengths["lambda"], strengths["mu"],
+                                                                cfg.sharpen.blur_sigma), lambda: image)
+    image = tf.cond(on["grain"], lambda: effects.film_grain(
+        image, strengths["sigma"], purpose_seed(seed, "grain"), filter_sigma=cfg.film_grain.filter_sigma,
+        monte_carlo_samples=cfg.film_grain.monte_carlo_samples), lambda: image)
 
     ip = cfg.inpainting
-    mask = tf.cond(on[3], lambda: effects.free_form_mask(
+    mask = tf.cond(on["inpaint"], lambda: effects.free_form_mask(
         purpose_seed(seed, "mask"), crop, min_vertices=ip.min_vertices, max_vertices=ip.max_vertices,
         min_width=scale_with_crop(ip.min_width_at_256, crop), max_width=scale_with_crop(ip.max_width_at_256, crop),
         max_strokes=ip.max_strokes, box_probability=ip.box_probability), lambda: tf.ones([crop, crop, 1]))
@@ -134,7 +133,7 @@ def composite(photo: tf.Tensor, reference: tf.Tensor, real_blurred: tf.Tensor | 
     return {
         "source": (photo * 2.0 - 1.0) * mask,
         "target": image * 2.0 - 1.0,
-        "reference": tf.where(on[2], reference * 2.0 - 1.0, tf.zeros_like(reference)),
+        "reference": tf.where(on["colour"], reference * 2.0 - 1.0, tf.zeros_like(reference)),
         "mask": mask,
         "edit_vector": edit_vector(labels, strengths),
         "task_labels": labels,

@@ -26,8 +26,9 @@ cells of side delta = 1 / floor(1 / (2 r)) >= 2 r (aligned with the pixels, so e
 grey level of the pixel it lies in); a cell's grain count ~ Poisson(lambda(u) delta^2) (inverted through a
 per-grey-level table) and its grain centres are uniform, all drawn from a hash of (example seed, channel,
 cell), so every query of a cell sees the same grains; since delta >= 2 r, only the point's own cell and its
-neighbours on the nearer side (a 2 x 2 block) can hold a grain within r of it. u is scaled by 255 / 255.1 (Newson's epsilon grey level) so that
-lambda stays finite on white; the output is scaled back, so the mean intensity is preserved.
+neighbours on the nearer side (a 2 x 2 block) can hold a grain within r of it. u is scaled by 255 / 255.1
+(Newson's epsilon grey level) so that lambda stays finite on white; the output is scaled back, so the mean
+intensity is preserved.
 
 Number of Monte-Carlo samples N: on top of the grain's own texture the rendering carries Monte-Carlo noise of
 variance at most u (1 - u) / N (reference code: N = 800, noise std <= 0.018; N = 32: std <= 0.088, which
