@@ -9,8 +9,9 @@ time <= 0.8x PyTorch's.
 
     python -m benchmarks.unet                                  # tiny config, 16x16 latent, batch 2
     python -m benchmarks.unet --config sd15 --steps 3          # SD-1.5 size, 32x32 latent, batch 1 (slow on CPU)
-    # GPU, SD-1.5 at 512 px (64x64 latent), bf16, cuDNN flash attention; 989 = H100 SXM dense bf16 TFLOP/s
-    python -m benchmarks.unet --config sd15 --latent 64 --batch 8 --dtype bfloat16 --attention cudnn --peak_tflops 989 --no_torch
+    # GPU: SD-1.5 at 512 px (64x64 latent), bf16, cuDNN flash attention; 989 = H100 SXM dense bf16 TFLOP/s
+    python -m benchmarks.unet --config sd15 --latent 64 --batch 8 --dtype bfloat16 --attention cudnn \\
+        --peak_tflops 989 --no_torch
 """
 from __future__ import annotations
 

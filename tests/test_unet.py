@@ -2,7 +2,6 @@
 import dataclasses
 
 import diffusers
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -209,6 +209,26 @@ def build_mid_block(config, *, temb_channels: int, attention_implementation: str
     return UNetMidBlock2D(channels, **common)
 
 
+def build_up_blocks(config: UNetConfig, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
+                    rngs: nnx.Rngs) -> nnx.List:
+    """The decoder stages, mirroring the encoder: per-block settings reversed, one more layer per block (the
+    extra layer consumes the downsampler's skip connection)."""
+    n = len(config.up_block_types)
+    heads = per_block(config.attention_head_dim, n)[::-1]
+    layers = per_block(config.layers_per_block, n)[::-1]
+    transformer_layers = per_block(config.transformer_layers_per_block, n)[::-1]
+    channels = config.block_out_channels[::-1]
+    blocks = []
+    for i, block_type in enumerate(config.up_block_types):
+        spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i],
+                                   attention_implementation) if block_type == "CrossAttnUpBlock2D" else None)
+        blocks.append(UpBlock2D(channels[min(i + 1, n - 1)], channels[max(i - 1, 0)], channels[i],
+                                temb_channels=temb_channels, num_layers=layers[i] + 1, add_upsample=i < n - 1,
+                                groups=config.norm_num_groups, eps=config.norm_eps, cross_attention=spec,
+                                dtype=dtype, rngs=rngs))
+    return nnx.List(blocks)
+
+
 def embed_timesteps(time_embedding: TimestepEmbedding, config, timesteps: jax.Array | float, batch: int,
                     dtype: Dtype) -> jax.Array:
     """(B,) or scalar timesteps -> (B, time_embed_dim) embedding: sinusoid(t) then the time MLP."""
@@ -233,7 +253,6 @@ class UNet2DConditionModel(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.attention_implementation = attention_implementation
-        n = len(config.down_block_types)
         channels = config.block_out_channels
         temb = config.time_embed_dim
         self.conv_in = conv2d(config.in_channels, channels[0], config.conv_in_kernel,
@@ -242,21 +261,7 @@ class UNet2DConditionModel(nnx.Module):
         blocks = dict(temb_channels=temb, attention_implementation=attention_implementation, dtype=dtype, rngs=rngs)
         self.down_blocks = build_down_blocks(config, **blocks)
         self.mid_block = build_mid_block(config, **blocks)
-
-        heads = per_block(config.attention_head_dim, n)[::-1]
-        layers = per_block(config.layers_per_block, n)[::-1]
-        transformer_layers = per_block(config.transformer_layers_per_block, n)[::-1]
-        reversed_channels = channels[::-1]
-        up_blocks = []
-        for i, block_type in enumerate(config.up_block_types):
-            spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i],
-                                       attention_implementation) if block_type == "CrossAttnUpBlock2D" else None)
-            up_blocks.append(UpBlock2D(
-                reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
-                temb_channels=temb, num_layers=layers[i] + 1, add_upsample=i < n - 1,
-                groups=config.norm_num_groups, eps=config.norm_eps, cross_attention=spec, dtype=dtype, rngs=rngs))
-        self.up_blocks = nnx.List(up_blocks)
-
+        self.up_blocks = build_up_blocks(config, **blocks)
         self.conv_norm_out = group_norm(channels[0], groups=config.norm_num_groups, eps=config.norm_eps,
                                         dtype=dtype, rngs=rngs)
         self.conv_out = conv2d(channels[0], config.out_channels, config.conv_out_kernel,
