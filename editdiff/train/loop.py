@@ -183,6 +183,8 @@ def train_and_evaluate(
                 metrics = _host_metrics(metrics, step, checkpointer)
                 for action in progress:
                     action(step)
+                # Files the input pipeline skipped (corrupt, unreadable), when it counts them.
+                metrics["data/skipped_files"] = float(getattr(batches, "num_skipped", 0))
                 metrics_log.record(step, metrics)
                 checkpointer.save(step, state, force=step == last_step)
                 sample_due = _is_due(step, train_config.sample_every, last_step)

@@ -15,7 +15,7 @@ import ml_collections
 from clu import metric_writers
 
 from editdiff.train.build import load_trained_model, method_from_config
-from editdiff.train.edit_reports import EditEvaluation, SampleGrids
+from editdiff.train.edit_reports import EditReports
 from editdiff.train.loop import TrainOutcome, train_and_evaluate
 
 MODES = ("train", "eval", "sample", "export")
@@ -26,32 +26,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     after the last step) on the method's fixed evaluation sets."""
     method = method_from_config(config)
     eval_sets = method.eval_sets()
-    hooks = [SampleGrids(eval_sets, seed=config.seed), EditEvaluation(eval_sets, seed=config.seed)] if eval_sets else []
+    hooks = [EditReports(eval_sets, seed=config.seed)] if eval_sets else []
     return train_and_evaluate(config, workdir, method=method, hooks=hooks)
 
 
-def _writer(workdir: str) -> metric_writers.MetricWriter:
-    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+def _report(config: ml_collections.ConfigDict, workdir: str, write):
+    """Restores the newest checkpoint's EMA model and calls `write` (an EditReports writer) on it."""
+    method = method_from_config(config)
+    model, step = load_trained_model(config, workdir, method=method)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+    reports = EditReports(method.eval_sets(), seed=config.seed)
+    result = write(reports, step, workdir, writer, method, model)
+    writer.flush()
+    return result
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Writes WORKDIR/eval/step_N.{json,md} for the newest checkpoint's EMA model; returns the scores."""
-    method = method_from_config(config)
-    model, step = load_trained_model(config, workdir, method=method)
-    writer = _writer(workdir)
-    scores = EditEvaluation(method.eval_sets(), seed=config.seed).write(step, workdir, writer, method, model)
-    writer.flush()
-    return scores
+    return _report(config, workdir, EditReports.write_tables)
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes WORKDIR/samples/step_N.png for the newest checkpoint's EMA model; returns its path."""
-    method = method_from_config(config)
-    model, step = load_trained_model(config, workdir, method=method)
-    writer = _writer(workdir)
-    path = SampleGrids(method.eval_sets(), seed=config.seed).write(step, workdir, writer, method, model)
-    writer.flush()
-    return path
+    return _report(config, workdir, EditReports.write_grid)
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
