@@ -7,8 +7,11 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
 
         python main.py --config configs/multitask.py --workdir runs/demo
 
-      Expect: `runs/demo/eval/step_*.md` tables where the model beats the do-nothing baseline on colour
-      transfer and inpainting (L1 / PSNR / SSIM), sample grids in `runs/demo/samples/`.
+      Expect (measured 2026-11-22, 2 cores, 899 s wall): `runs/demo/eval/step_0000800.md` where the model beats
+      the do-nothing baseline on colour transfer (L1 0.124 vs 0.172) and inpainting (L1 0.028 vs 0.035, with
+      `sampler.blend_known_region`), and on three of the four combinations; on the subtle single edits (blur,
+      grain, sharpening) the untouched source is still closer after 800 CPU steps. Sample grids in
+      `runs/demo/samples/`.
 
   sd15 — the paper's setup: SD-1.x VAE and U-Net from a local diffusers pipeline directory (subfolders `vae/`
       and `unet/`), 256 px crops, batch 12, 45K steps, L1 loss; the U-Net's conv_in is widened with zero
@@ -38,12 +41,14 @@ from input_pipeline.config import TASKS, default_data_config
 
 
 def _demo_unet() -> ml_collections.ConfigDict:
-    """A small SD-style U-Net: 16x16 patch latents -> 8x8 -> 4x4, cross-attention at the two finest levels."""
+    """A small SD-style U-Net: 32x32 latents (patch factor 2 at 64 px) -> 16x16 -> 8x8, cross-attention to the
+    editing tokens at the two coarser levels. 64 channels at the finest level keep the concatenated source's
+    detail (27 input channels); a 16x16x48 latent through 64 channels came out blurred."""
     return ml_collections.ConfigDict(dict(
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=(64, 128, 128),
+        block_out_channels=(64, 64, 128),
         layers_per_block=1,
         attention_head_dim=4,
         cross_attention_dim=128,
@@ -63,7 +68,7 @@ def _base() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.autoencoder = "patch"  # "patch" (pixel-unshuffle, no weights) | "vae" (config.pretrained/vae)
-    config.model.patch_factor = 4
+    config.model.patch_factor = 2
     config.model.conditioning = "cross_attention"  # | "concat" (Palette++)
     config.model.use_task_labels = True
     config.model.mapping = ml_collections.ConfigDict(dict(depth=2, hidden_dim=256, num_tokens=4))
@@ -79,18 +84,25 @@ def _base() -> ml_collections.ConfigDict:
     config.sampler = ml_collections.ConfigDict(dict(
         name="ddim",  # "ddim" | "ddpm" | "unipc" | "dpm_solver"
         num_steps=50, eta=0.0, spacing="leading",
+        # Pure inpainting: keep the pixels outside the hole by blending the source latent in at every step
+        # (diffusion inpainting by replacement). The paper samples without it; off by default.
+        blend_known_region=False,
     ))
     return config
 
 
 def _demo(config: ml_collections.ConfigDict) -> None:
     config.data.crop_size = 64
-    config.data.batch_size = 16
-    config.sampler.num_steps = 25
+    config.data.batch_size = 8
+    # A CPU budget of minutes: predicting the clean latent (with the paper's L1 loss) gives usable edits far
+    # sooner than predicting the noise; sd15 keeps the paper's epsilon prediction.
+    config.diffusion.prediction_type = "sample"
+    config.sampler.num_steps = 20
+    config.sampler.blend_known_region = True
     t = config.train
-    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 3000, 5e-4, 200, "cosine"
-    t.ema_decay = 0.995
-    t.log_every, t.checkpoint_every, t.sample_every, t.eval_every = 100, 1000, 1000, 0
+    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 5e-4, 100, "cosine"
+    t.ema_decay = 0.99
+    t.log_every, t.checkpoint_every, t.sample_every, t.eval_every = 100, 400, 400, 0
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:

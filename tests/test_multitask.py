@@ -2,6 +2,7 @@
 eval / sample / export modes, the exported PyTorch path, the comparison arms, config validation."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -143,14 +144,14 @@ def test_widened_conv_in_keeps_the_pretrained_prediction():
     ("model.conditioning", "film", "config.model.conditioning = 'film' is invalid; allowed: one of"),
     ("sampler.name", "euler", "config.sampler.name = 'euler' is invalid"),
     ("diffusion.loss", "l3", "config.diffusion.loss = 'l3' is invalid; allowed: one of 'l2', 'l1'"),
-    ("data.crop_size", 18, "config.data.crop_size = 18 is invalid; allowed: a multiple of"),
+    ("data.crop_size", 17, "config.data.crop_size = 17 is invalid; allowed: a multiple of"),
     ("model.autoencoder", "vae", "needs config.pretrained"),
 ])
 def test_invalid_config_is_one_clear_error_before_anything_compiles(tmp_path, key, value, message):
     config = tiny()
     section, name = key.split(".")
     config[section][name] = value
-    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         modes.train(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
@@ -160,3 +161,16 @@ def test_unknown_preset_or_modifier_names_what_is_allowed():
         get_config("sd21")
     with pytest.raises(ValueError, match="unknown modifier 'single=rain'"):
         get_config("demo,single=rain")
+
+
+def test_known_region_is_the_kept_cells_of_pure_inpainting_only():
+    config = tiny()
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))  # patch factor 2: 16 px -> 8x8 latent
+    mask = np.ones((3, 16, 16, 1), np.float32)
+    mask[:, 0, 0] = 0.0  # one hole pixel: its whole 2x2 patch is unknown
+    labels = np.array([[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0]], np.float32)
+    known = method._known_latent_mask(model, {"mask": jnp.asarray(mask), "task_labels": jnp.asarray(labels)})
+    assert known.shape == (3, 8, 8, 1)
+    assert float(known[0, 0, 0, 0]) == 0.0 and float(known[0].sum()) == 63.0
+    assert float(jnp.abs(known[1:]).sum()) == 0.0  # any other edit changes the known pixels too

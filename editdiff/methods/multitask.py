@@ -42,6 +42,7 @@ from input_pipeline.config import validate_data_config
 EDIT_VECTOR_NAMES = ("beta", "sigma", "lambda", "mu", "e_blur", "e_grain", "e_colour", "e_inpaint", "e_sharpen")
 EDIT_VECTOR_SIZE = len(EDIT_VECTOR_NAMES)  # C = [beta, sigma, lambda, mu, e1..e5]
 NUM_STRENGTHS = 4  # the scalars before the binary task labels
+INPAINT_ONLY = jnp.array([0.0, 0.0, 0.0, 1.0, 0.0])  # task labels [blur, grain, colour, inpaint, sharpen]
 AUTOENCODERS = ("patch", "vae")
 CONDITIONINGS = ("cross_attention", "concat")
 
@@ -65,6 +66,7 @@ _CHECKS = {
     "sampler.num_steps": checks.int_at_least(1),
     "sampler.eta": checks.number_in(0, 1),
     "sampler.spacing": checks.one_of(SPACINGS),
+    "sampler.blend_known_region": checks.BOOLEAN,
 }
 
 
@@ -235,8 +237,22 @@ class MultitaskMethod(Method):
 
         s = self.config.sampler
         settings = dict(num_steps=s.num_steps, spacing=s.spacing) | ({"eta": s.eta} if s.name == "ddim" else {})
+        if s.blend_known_region:
+            source_latent = image_conditions[..., :model.autoencoder.latent_channels]
+            settings |= dict(known_latent=source_latent, known_mask=self._known_latent_mask(model, batch))
         latents = samplers.sampler_by_name(s.name)(model_fn, self.schedule, x_T, step_key, **settings)
         return model.decode(latents)
+
+    @staticmethod
+    def _known_latent_mask(model: MultitaskModel, batch: Batch) -> jax.Array:
+        """(B, h, w, 1): 1 where the target latent is known to equal the source latent — outside the hole when
+        inpainting is the only edit (a latent cell counts only if its whole f x f pixel patch is kept); 0
+        everywhere for any other edit, which changes every pixel."""
+        f = model.autoencoder.downsample_factor
+        cells = jax.lax.reduce_window(batch["mask"].astype(jnp.float32), jnp.inf, jax.lax.min,
+                                      (1, f, f, 1), (1, f, f, 1), "VALID")
+        inpainting_only = jnp.all(batch["task_labels"] == INPAINT_ONLY, axis=-1).astype(jnp.float32)
+        return cells * inpainting_only[:, None, None, None]
 
     def eval_sets(self) -> dict[str, dict[str, np.ndarray]]:
         import input_pipeline
