@@ -174,3 +174,32 @@ def test_known_region_is_the_kept_cells_of_pure_inpainting_only():
     assert known.shape == (3, 8, 8, 1)
     assert float(known[0, 0, 0, 0]) == 0.0 and float(known[0].sum()) == 63.0
     assert float(jnp.abs(known[1:]).sum()) == 0.0  # any other edit changes the known pixels too
+
+
+def test_pretrained_pipeline_directory_builds_the_paper_setup(tmp_path):
+    """The sd15 path on a tiny diffusers pipeline directory: VAE + U-Net loaded, conv_in widened to
+    4 + 4 + 3 channels, mapping tokens of the U-Net's cross_attention_dim, a finite L1 loss."""
+    from diffusers import AutoencoderKL as TorchVAE
+    from diffusers import UNet2DConditionModel as TorchUNet
+
+    TorchVAE(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+             up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+             norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    TorchUNet(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24, attention_head_dim=2,
+              norm_num_groups=8).save_pretrained(tmp_path / "unet")
+    config = tiny()
+    config.pretrained = str(tmp_path)
+    config.model.autoencoder = "vae"
+    config.model.unet = {}
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))
+    assert model.autoencoder.downsample_factor == 2
+    assert model.unet.config.in_channels == 4 + 4 + 3
+    assert model.mapping(jnp.zeros((1, 9))).shape[-1] == 24
+    trainable = [path[0] for path, _ in nnx.to_flat_state(nnx.state(model, method.trainable))]
+    assert set(trainable) == {"unet", "mapping"}  # the pretrained VAE stays frozen
+    batch = {k: jnp.asarray(v) for k, v in method.dummy_batch(2).items()}
+    loss, _ = method.loss(model, batch, jax.random.key(0))
+    assert np.isfinite(float(loss))
