@@ -113,38 +113,43 @@ def _parse_config(directory, config_cls):
         raise CheckpointError(f"{directory}: {e}") from e
 
 
+def _load(directory, config_cls, model_cls, rules_of, *, dtype, attention_implementation):
+    """config.json + weights of a diffusers directory -> `model_cls`, built abstractly (every parameter comes
+    from the file, so random initialisation would be wasted work); any mismatch is a CheckpointError."""
+    config = _parse_config(directory, config_cls)
+    state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
+    model = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                             attention_implementation=attention_implementation))
+    load_state_dict(model, state_dict, rules_of(model), source=path)
+    return model
+
+
+def export_diffusers_model(model, directory, rules_of) -> None:
+    """config.json + diffusion_pytorch_model.safetensors, as diffusers' save_pretrained writes them."""
+    write_config(directory, model.config.to_diffusers())
+    write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]), export_state_dict(model, rules_of(model)))
+
+
 def load_unet(directory: str | os.PathLike, *, dtype=jnp.float32,
               attention_implementation: str | None = None) -> UNet2DConditionModel:
     """Reads a diffusers UNet2DConditionModel directory (config.json + diffusion_pytorch_model.safetensors or
     .bin) into a UNet2DConditionModel computing in `dtype`. Any mismatch is a CheckpointError that names it."""
-    config = _parse_config(directory, UNetConfig)
-    state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
-    # Built abstractly: every parameter comes from the file, so random initialisation would be wasted work.
-    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=dtype,
-                                                        attention_implementation=attention_implementation))
-    load_state_dict(model, state_dict, unet_rules(model), source=path)
-    return model
+    return _load(directory, UNetConfig, UNet2DConditionModel, unet_rules, dtype=dtype,
+                 attention_implementation=attention_implementation)
 
 
 def export_unet(model: UNet2DConditionModel, directory: str | os.PathLike) -> None:
     """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' UNet2DConditionModel loads."""
-    write_config(directory, model.config.to_diffusers())
-    write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]), export_state_dict(model, unet_rules(model)))
+    export_diffusers_model(model, directory, unet_rules)
 
 
 def load_controlnet(directory: str | os.PathLike, *, dtype=jnp.float32,
                     attention_implementation: str | None = None) -> ControlNetModel:
     """Reads a diffusers ControlNetModel directory into a ControlNetModel computing in `dtype`."""
-    config = _parse_config(directory, ControlNetConfig)
-    state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
-    model = nnx.eval_shape(lambda: ControlNetModel(config, rngs=nnx.Rngs(0), dtype=dtype,
-                                                   attention_implementation=attention_implementation))
-    load_state_dict(model, state_dict, controlnet_rules(model), source=path)
-    return model
+    return _load(directory, ControlNetConfig, ControlNetModel, controlnet_rules, dtype=dtype,
+                 attention_implementation=attention_implementation)
 
 
 def export_controlnet(model: ControlNetModel, directory: str | os.PathLike) -> None:
     """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' ControlNetModel loads."""
-    write_config(directory, model.config.to_diffusers())
-    write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]),
-                      export_state_dict(model, controlnet_rules(model)))
+    export_diffusers_model(model, directory, controlnet_rules)

@@ -12,13 +12,13 @@ import os
 import jax.numpy as jnp
 from flax import nnx
 
-from editdiff.interop.diffusers_unet import attention_rules, resnet_rules
-from editdiff.interop.name_map import Rule, conv_rules, export_state_dict, load_state_dict, norm_rules
-from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
+from editdiff.interop.diffusers_unet import (WEIGHTS_NAMES, attention_rules, export_diffusers_model,
+                                            resnet_rules)
+from editdiff.interop.name_map import Rule, conv_rules, load_state_dict, norm_rules
+from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict
 from editdiff.nn.vae import (AutoencoderKL, Decoder, DownEncoderBlock2D, Encoder, MidBlock2D, UpDecoderBlock2D,
                              VAEConfig)
 
-WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _DEPRECATED_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -100,5 +100,4 @@ def load_vae(directory: str | os.PathLike, *, dtype=jnp.float32) -> AutoencoderK
 def export_vae(model: AutoencoderKL, directory: str | os.PathLike) -> None:
     """Writes config.json + diffusion_pytorch_model.safetensors that `diffusers.AutoencoderKL.from_pretrained`
     loads with no missing or unexpected keys."""
-    write_config(directory, model.config.to_diffusers())
-    write_safetensors(os.path.join(directory, WEIGHTS_NAMES[0]), export_state_dict(model, vae_rules(model)))
+    export_diffusers_model(model, directory, vae_rules)
