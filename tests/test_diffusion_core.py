@@ -175,12 +175,37 @@ def test_min_snr_epsilon_weight_is_finite_at_zero_terminal_snr():
     assert float(weights[0]) == 1.0 and np.isfinite(np.asarray(weights)).all()
 
 
-def test_diffusion_loss_is_zero_for_a_perfect_denoiser(batch):
-    x0, noise, t = batch
-    for prediction_type in ("epsilon", "v_prediction", "sample"):
-        schedule = make_schedule(prediction_type=prediction_type)
-        target = parameterisation.training_target(schedule, x0, noise, t)
-        assert float(losses.diffusion_loss(schedule, target, x0, noise, t, norm="l1")) == 0.0
+# Two training timesteps with betas 0.36 and 0.4375: alpha_bar = (0.64, 0.36), so at t = 0 (a, s) = (0.8, 0.6)
+# and at t = 1 (a, s) = (0.6, 0.8); SNR = a^2 / s^2 = (16/9, 9/16). Two examples of two elements each.
+HAND_X0 = [[1.0, -1.0], [2.0, 0.0]]
+HAND_NOISE = [[0.5, 1.0], [-1.0, 1.0]]
+HAND_PREDICTION = [[1.0, 0.0], [0.0, 2.0]]
+HAND_T = [0, 1]
+# Per prediction type, the target and the per-example (L2, L1) means of prediction - target:
+#   epsilon: target = noise;         errors [0.5, -1], [1, 1]          -> L2 (0.625, 1),  L1 (0.75, 1)
+#   v:       target = a eps - s x_0  = [0.4 - 0.6, 0.8 + 0.6] = [-0.2, 1.4] and [-0.6 - 1.6, 0.6] = [-2.2, 0.6];
+#            errors [1.2, -1.4], [2.2, 1.4]                          -> L2 (1.7, 3.4),  L1 (1.3, 1.8)
+#   sample:  target = x_0;           errors [0, 1], [-2, 2]            -> L2 (0.5, 4),    L1 (0.5, 2)
+# Min-SNR weights with gamma = 1: min(SNR, 1) = (1, 9/16), on the epsilon loss divided by SNR -> (9/16, 1),
+# on the v loss by SNR + 1 = (25/9, 25/16) -> (0.36, 0.36), on the x_0 loss as is -> (1, 9/16).
+HAND_LOSSES = {  # prediction_type: (L2, L1, L2 min-SNR, L1 min-SNR), each the mean over the two examples
+    "epsilon": ((0.625 + 1) / 2, (0.75 + 1) / 2, (9 / 16 * 0.625 + 1) / 2, (9 / 16 * 0.75 + 1) / 2),
+    "v_prediction": ((1.7 + 3.4) / 2, (1.3 + 1.8) / 2, 0.36 * (1.7 + 3.4) / 2, 0.36 * (1.3 + 1.8) / 2),
+    "sample": ((0.5 + 4) / 2, (0.5 + 2) / 2, (0.5 + 9 / 16 * 4) / 2, (0.5 + 9 / 16 * 2) / 2),
+}
+
+
+@pytest.mark.parametrize("prediction_type", HAND_LOSSES)
+def test_diffusion_loss_matches_hand_computed_values(prediction_type):
+    schedule = make_schedule(num_train_timesteps=2, beta_start=0.36, beta_end=0.4375, prediction_type=prediction_type)
+    np.testing.assert_allclose(schedule.alphas_cumprod, [0.64, 0.36], rtol=1e-6)
+    x0, noise, prediction, t = (jnp.array(a) for a in (HAND_X0, HAND_NOISE, HAND_PREDICTION, HAND_T))
+    ours = [
+        losses.diffusion_loss(schedule, prediction, x0, noise, t, norm=norm, min_snr_gamma=gamma)
+        for gamma in (None, 1.0)
+        for norm in ("l2", "l1")
+    ]
+    np.testing.assert_allclose(ours, HAND_LOSSES[prediction_type], rtol=1e-5)
 
 
 def test_sampled_timesteps_cover_the_training_range():

@@ -27,13 +27,17 @@ Arguments shared by the samplers that denoise:
     init_latent, strength: SDEdit / img2img: start from `init_latent` `(B, ...)` re-noised with x_T to the
         first of the last int(num_steps * strength) steps, and run only those.
     known_latent, known_mask: inpainting by blending: after every step the latent becomes
-        `mask * q(known_latent at the next step's noise level, noise x_T) + (1 - mask) * latent` (the known
-        latent itself after the last step), as diffusers' legacy inpainting pipeline (UniPC blends its
-        corrected latent too, which its corrector would otherwise recompute without the known region); mask
-        `(B, ..., 1)` or full shape, 1 where the known latent is kept.
+        `mask * q(known_latent at the noise level the step landed on, noise x_T) + (1 - mask) * latent`;
+        mask `(B, ..., 1)` or full shape, 1 where the known latent is kept. The level landed on is the next
+        grid timestep's for DDPM and the multistep solvers, but t - T // num_steps for DDIM (which differs
+        from the next grid timestep under trailing and linspace spacing); after the last step it is the
+        clean level (the known latent itself), or alpha_bar[0] for DDIM with set_alpha_to_one=False. UniPC
+        also blends its corrected latent (at the level of the step's own timestep), which its corrector
+        would otherwise recompute without the known region.
     return_trajectory: also return the latent after every step, stacked `(steps_run, B, ...)`.
 
-`sampler_by_name` picks one from a config string; `classifier_free_guidance` turns a conditional /
+`sampler_by_name` picks one from a config string (`editdiff.diffusion.config.sampler_settings` gives its
+keyword arguments, `TIMESTEP_GRIDS` its timestep grid); `classifier_free_guidance` turns a conditional /
 unconditional denoiser pair into a `model_fn`.
 """
 from __future__ import annotations
@@ -140,11 +144,6 @@ def _result(x: jax.Array, trajectory, return_trajectory: bool) -> Result:
     return (x, trajectory) if return_trajectory else x
 
 
-def _next_level_scales(alpha: jax.Array, sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per step i, the scales of grid point i + 1, and (1, 0), the clean level, after the last step."""
-    return jnp.append(alpha[1:], 1.0), jnp.append(sigma[1:], 0.0)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # DDPM and DDIM: one model call per step, closed-form update between two alpha_bar levels.
 
@@ -194,21 +193,20 @@ def ddim_sample(
     alpha_bar, alpha_bar_prev = _ddpm_ddim_levels(schedule, timesteps, timesteps - T // num_steps, final_alpha_bar)
     first = _first_step(num_steps, init_latent, strength)
     alpha, sigma = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
-    blend_alpha, blend_sigma = _next_level_scales(alpha[first:], sigma[first:])
     std = eta * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
     steps_run = num_steps - first
     keys = _step_keys(key, steps_run, "ddim_sample with eta > 0") if eta > 0 else None
     known = _known_region(known_latent, known_mask, x_T.astype(jnp.float32))
 
     def step(x, inputs):
-        t, a, s, a_bar_prev, std_t, step_key, blend_a, blend_s = inputs
+        t, a, s, a_bar_prev, std_t, step_key = inputs
         x0, eps = x0_and_eps_at(schedule.prediction_type, a, s, x, _model_prediction(model_fn, x, t))
         noise = None if step_key is None else jax.random.normal(step_key, x.shape, x.dtype)
-        x = _blend_known(ddim_update(x0, eps, a_bar_prev, std_t, noise), known, blend_a, blend_s)
+        x = ddim_update(x0, eps, a_bar_prev, std_t, noise)
+        x = _blend_known(x, known, a_bar_prev**0.5, (1.0 - a_bar_prev) ** 0.5)  # the level x landed on
         return x, x
 
-    xs = (timesteps[first:], alpha[first:], sigma[first:], alpha_bar_prev[first:], std[first:], keys,
-          blend_alpha, blend_sigma)
+    xs = (timesteps[first:], alpha[first:], sigma[first:], alpha_bar_prev[first:], std[first:], keys)
     x, trajectory = _scan(step, _start_latent(x_T, init_latent, alpha[first], sigma[first]), xs, return_trajectory)
     return _result(x, trajectory, return_trajectory)
 
@@ -225,16 +223,19 @@ def ddim_invert(
     fixed_point_iterations: int = 0,
     return_trajectory: bool = False,
 ) -> Result:
-    """DDIM inversion: x_0 `(B, ...)` to the x_T `(B, ...)` from which DDIM sampling with the same num_steps
-    (and eta 0) returns to x_0.
+    """DDIM inversion: x_0 `(B, ...)` to the x_T `(B, ...)` from which DDIM sampling with the same num_steps,
+    spacing, steps_offset and set_alpha_to_one (and eta 0) returns to x_0.
 
     Step i moves from the level of timesteps[i] - T // num_steps (alpha_bar = 1 or alpha_bar[0] below 0, per
     set_alpha_to_one) up to the level of timesteps[i], with the denoiser evaluated at timesteps[i]. With
     fixed_point_iterations = 0 this is diffusers' DDIMInverseScheduler (clip_sample off): the denoiser sees the
-    latent of the lower level, so the round trip is only first-order exact (error ~ 1 / num_steps). Each
-    further iteration re-evaluates the denoiser at the current estimate of the upper latent (fixed-point
-    inversion, Pan et al. 2023), converging to the exact inverse of the DDIM sampling step; each costs one
-    more denoiser call per step.
+    latent of the lower level and its output is read with that level's scales, so the round trip is only
+    first-order exact (error ~ 1 / num_steps). One exception keeps it finite where diffusers returns NaN: from
+    the clean level (sigma = 0, set_alpha_to_one) an x_0 prediction says nothing about eps there, so that
+    first pass reads the output with the upper level's scales, as the later passes do. Each further iteration
+    re-evaluates the denoiser at the current estimate of the upper latent, reads eps there and takes x_0 from
+    the known lower latent (fixed-point inversion, Pan et al. 2023); this converges to the exact inverse of
+    the DDIM sampling step for every prediction type, at one more denoiser call per step and iteration.
     """
     if fixed_point_iterations < 0:
         raise ValueError(f"fixed_point_iterations={fixed_point_iterations} must be >= 0")
@@ -243,18 +244,26 @@ def ddim_invert(
     initial_alpha_bar = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0]
     source = np.minimum(timesteps - T // num_steps, T - 1)
     alpha_bar_next, alpha_bar = _ddpm_ddim_levels(schedule, timesteps, source, initial_alpha_bar)
+    prediction_type = schedule.prediction_type
 
     def step(x, inputs):
         t, a_bar, a_bar_next = inputs
         a, s, a_next, s_next = a_bar**0.5, (1.0 - a_bar) ** 0.5, a_bar_next**0.5, (1.0 - a_bar_next) ** 0.5
+        # Reading an x_0 prediction at the lower level divides by its sigma.
+        first_pass_reads_lower = s > 0 if prediction_type == "sample" else True
 
         def refine(iteration, estimate):
             prediction = _model_prediction(model_fn, estimate, t)
-            # The first pass reads the prediction at the lower level (diffusers); later passes at the upper
-            # level, where the estimate lives, and keep x_0 consistent with the known lower latent x.
-            x0, eps = x0_and_eps_at(schedule.prediction_type, a, s, x, prediction)
-            eps_upper = x0_and_eps_at(schedule.prediction_type, a_next, s_next, estimate, prediction)[1]
-            x0, eps = jax.lax.cond(iteration == 0, lambda: (x0, eps), lambda: ((x - s * eps_upper) / a, eps_upper))
+
+            def read_at_lower_level():  # diffusers' reading; the estimate is still x
+                return x0_and_eps_at(prediction_type, a, s, x, prediction)
+
+            def read_at_upper_level():
+                eps = x0_and_eps_at(prediction_type, a_next, s_next, estimate, prediction)[1]
+                return (x - s * eps) / a, eps
+
+            x0, eps = jax.lax.cond((iteration == 0) & first_pass_reads_lower, read_at_lower_level,
+                                   read_at_upper_level)
             return ddim_update(x0, eps, a_bar_next)
 
         x = jax.lax.fori_loop(0, fixed_point_iterations + 1, refine, x)
@@ -286,11 +295,10 @@ def ddpm_sample(
     alpha_bar, alpha_bar_prev = _ddpm_ddim_levels(schedule, timesteps, previous, 1.0)
     first = _first_step(num_steps, init_latent, strength)
     alpha, sigma = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
-    blend_alpha, blend_sigma = _next_level_scales(alpha[first:], sigma[first:])
     known = _known_region(known_latent, known_mask, x_T.astype(jnp.float32))
 
     def step(x, inputs):
-        t, a_bar, a_bar_prev, step_key, blend_a, blend_s = inputs
+        t, a_bar, a_bar_prev, step_key = inputs
         x0, _ = x0_and_eps_at(
             schedule.prediction_type, a_bar**0.5, (1.0 - a_bar) ** 0.5, x, _model_prediction(model_fn, x, t)
         )
@@ -301,11 +309,11 @@ def ddpm_sample(
         variance = jnp.maximum((1.0 - a_bar_prev) / (1.0 - a_bar) * beta_t, 1e-20)
         noise = jax.random.normal(step_key, x.shape, x.dtype)
         x = mean + jnp.where(t > 0, variance**0.5, 0.0) * noise
-        x = _blend_known(x, known, blend_a, blend_s)
+        x = _blend_known(x, known, a_bar_prev**0.5, (1.0 - a_bar_prev) ** 0.5)
         return x, x
 
-    xs = (timesteps[first:], alpha_bar[first:], alpha_bar_prev[first:],
-          _step_keys(key, num_steps - first, "ddpm_sample"), blend_alpha, blend_sigma)
+    keys = _step_keys(key, num_steps - first, "ddpm_sample")
+    xs = (timesteps[first:], alpha_bar[first:], alpha_bar_prev[first:], keys)
     x, trajectory = _scan(step, _start_latent(x_T, init_latent, alpha[first], sigma[first]), xs, return_trajectory)
     return _result(x, trajectory, return_trajectory)
 
@@ -485,6 +493,14 @@ SAMPLERS: dict[str, Callable[..., Result]] = {
     "ddim": ddim_sample,
     "unipc": unipc_sample,
     "dpm_solver": dpm_solver_sample,
+}
+
+# The timestep grid each sampler runs (its first timestep is the first the denoiser sees), for config checks.
+TIMESTEP_GRIDS: dict[str, Callable[..., np.ndarray]] = {
+    "ddpm": denoising_timesteps,
+    "ddim": denoising_timesteps,
+    "unipc": multistep_timesteps,
+    "dpm_solver": multistep_timesteps,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 SPACINGS = ("leading", "trailing", "linspace")
+INVERSION_SPACINGS = ("leading", "trailing")  # DDIMInverseScheduler has no linspace
 
 
 def _check(num_train_timesteps: int, num_steps: int, spacing: str, allowed: tuple[str, ...] = SPACINGS) -> None:
@@ -45,7 +46,7 @@ def multistep_timesteps(num_train_timesteps: int, num_steps: int, spacing: str, 
 
 def inversion_timesteps(num_train_timesteps: int, num_steps: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
     """Ascending int64 timesteps `(num_steps,)` of DDIMInverseScheduler.set_timesteps (leading / trailing)."""
-    _check(num_train_timesteps, num_steps, spacing, allowed=("leading", "trailing"))
+    _check(num_train_timesteps, num_steps, spacing, allowed=INVERSION_SPACINGS)
     if spacing == "leading":
         ratio = num_train_timesteps // num_steps
         return (np.arange(num_steps) * ratio).round().astype(np.int64) + steps_offset
