@@ -17,7 +17,7 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
       and `unet/`), 256 px crops, batch 12, 45K steps, L1 loss; the U-Net's conv_in is widened with zero
       weights for the concatenated source latent and colour reference:
 
-        python main.py --config configs/multitask.py:sd15 --config.pretrained=/path/to/sd15 --workdir runs/sd15
+        python main.py --config configs/multitask.py:sd15 --config.pretrained.root=/path/to/sd15 --workdir runs/sd15
 
   tiny — for tests and smoke runs: 16 px crops, a very small U-Net, two steps.
 
@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from editdiff.train.config import default_train_config
+from editdiff.diffusion.config import default_diffusion_config, default_sampler_config
+from editdiff.pretrained import default_pretrained_config
+from editdiff.train.config import default_train_config, eval_entry
 from input_pipeline.config import TASKS, default_data_config
 
 
@@ -60,8 +62,11 @@ def _demo_unet() -> ml_collections.ConfigDict:
 def _base() -> ml_collections.ConfigDict:
     config = default_train_config()
     config.method = "multitask"
-    # A local diffusers pipeline directory with `unet/` and `vae/` (sd15); "" = train from scratch.
-    config.pretrained = ""
+    # Local diffusers directories (sd15: config.pretrained.root with `unet/` and `vae/`); empty = from scratch.
+    config.pretrained = default_pretrained_config()
+    # The sample grid (source, reference, mask, target, edited) and the L1/PSNR/SSIM tables vs do-nothing.
+    config.evals.samples = eval_entry("edit_grid", every=0)
+    config.evals.tables = eval_entry("edit_tables", every=0)
 
     config.data = default_data_config()
     config.data.seed = config.get_ref("seed")
@@ -75,19 +80,11 @@ def _base() -> ml_collections.ConfigDict:
     # diffusers UNet2DConditionModel config keys; in/out channels and cross_attention_dim are derived.
     config.model.unet = _demo_unet()
 
-    config.diffusion = ml_collections.ConfigDict(dict(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        rescale_betas_zero_snr=False, prediction_type="epsilon",
-        loss="l1",  # the paper trains with an L1 noise loss
-        min_snr_gamma=0.0,  # 0 = uniform weighting
-    ))
-    config.sampler = ml_collections.ConfigDict(dict(
-        name="ddim",  # "ddim" | "ddpm" | "unipc" | "dpm_solver"
-        num_steps=50, eta=0.0, spacing="leading",
-        # Pure inpainting: keep the pixels outside the hole by blending the source latent in at every step
-        # (diffusion inpainting by replacement). The paper samples without it; off by default.
-        blend_known_region=False,
-    ))
+    config.diffusion = default_diffusion_config()  # SD's schedule, epsilon prediction, the paper's L1 loss
+    config.sampler = default_sampler_config()  # DDIM, 50 leading steps
+    # Pure inpainting: keep the pixels outside the hole by blending the source latent in at every step
+    # (diffusion inpainting by replacement). The paper samples without it; off by default.
+    config.sampler.blend_known_region = False
     return config
 
 
@@ -102,7 +99,8 @@ def _demo(config: ml_collections.ConfigDict) -> None:
     t = config.train
     t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 5e-4, 100, "cosine"
     t.ema_decay = 0.99
-    t.log_every, t.checkpoint_every, t.sample_every, t.eval_every = 100, 400, 400, 0
+    t.log_every, t.checkpoint_every = 100, 400
+    config.evals.samples.every = 400
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
@@ -129,7 +127,8 @@ def _sd15(config: ml_collections.ConfigDict) -> None:
     t = config.train
     t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 45_000, 1e-5, 500, "constant"
     t.ema_decay = 0.9999
-    t.log_every, t.checkpoint_every, t.sample_every, t.eval_every = 100, 5000, 5000, 5000
+    t.log_every, t.checkpoint_every = 100, 5000
+    config.evals.samples.every = config.evals.tables.every = 5000
 
 
 def _apply_modifier(config: ml_collections.ConfigDict, modifier: str) -> None:

@@ -1,8 +1,8 @@
 """Every knob of the multitask input pipeline, with one validator.
 
-`default_data_config()` is embedded as `config.data` by the experiment configs; `validate_data_config(cfg)` is
-called once at start-up, before anything compiles, and raises ValueError naming the key, the value and what is
-allowed.
+`default_data_config()` is embedded as `config.data` by the experiment configs; `data_problems(cfg)` lists every
+invalid knob (key, value, what is allowed) for the experiment's one validation pass before anything compiles;
+`validate_data_config(cfg)` raises them as one ValueError.
 """
 from __future__ import annotations
 
@@ -77,17 +77,20 @@ def default_data_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def _fail(key: str, value, allowed: str):
-    raise ValueError(f"data config: {key}={value!r} is not allowed; expected {allowed}")
+class _Problems(list):
+    """Collects one line per invalid data key, in the project's one validation format."""
+
+    def fail(self, key: str, value, allowed: str) -> None:
+        self.append(f"config.data.{key} = {value!r} is invalid; allowed: {allowed}")
 
 
-def _check_range(key: str, value, low: float, high: float):
+def _check_range(_fail, key: str, value, low: float, high: float):
     if (not isinstance(value, (tuple, list)) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)
             or not low <= value[0] <= value[1] <= high):
         _fail(key, value, f"a pair (min, max) with {low} <= min <= max <= {high}")
 
 
-def _check_positive(key: str, value, *, integer: bool = False, allow_zero: bool = False):
+def _check_positive(_fail, key: str, value, *, integer: bool = False, allow_zero: bool = False):
     kinds = (int,) if integer else (int, float)
     ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
@@ -95,8 +98,10 @@ def _check_positive(key: str, value, *, integer: bool = False, allow_zero: bool 
         _fail(key, value, f"{what} {'>= 0' if allow_zero else '> 0'}")
 
 
-def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int = 1) -> None:
-    """Raises ValueError (naming key, value, allowed values) for the first invalid data knob found."""
+def data_problems(cfg: ml_collections.ConfigDict, *, process_count: int = 1) -> list[str]:
+    """One line `config.data.KEY = VALUE is invalid; allowed: ...` per invalid data knob (all of them)."""
+    problems = _Problems()
+    _fail = problems.fail
     src = cfg.source
     if src.kind not in SOURCE_KINDS:
         _fail("source.kind", src.kind, f"one of {SOURCE_KINDS}")
@@ -108,15 +113,15 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
     if not (isinstance(src.heldout_per_mille, int) and 0 <= src.heldout_per_mille < 1000):
         _fail("source.heldout_per_mille", src.heldout_per_mille, "an integer in [0, 1000)")
 
-    _check_positive("crop_size", cfg.crop_size, integer=True)
+    _check_positive(_fail, "crop_size", cfg.crop_size, integer=True)
     if cfg.crop_size < 16:
         _fail("crop_size", cfg.crop_size, "an integer >= 16 (masks and blur kernels need room)")
-    _check_positive("resize_short_side", cfg.resize_short_side, integer=True, allow_zero=True)
+    _check_positive(_fail, "resize_short_side", cfg.resize_short_side, integer=True, allow_zero=True)
     if 0 < cfg.resize_short_side < cfg.crop_size:
         _fail("resize_short_side", cfg.resize_short_side, f"0 (off) or >= crop_size={cfg.crop_size}")
     if cfg.small_image_policy not in SMALL_IMAGE_POLICIES:
         _fail("small_image_policy", cfg.small_image_policy, f"one of {SMALL_IMAGE_POLICIES}")
-    _check_positive("batch_size", cfg.batch_size, integer=True)
+    _check_positive(_fail, "batch_size", cfg.batch_size, integer=True)
     if cfg.batch_size % process_count:
         _fail("batch_size", cfg.batch_size, f"a multiple of the process count {process_count}")
     if not isinstance(cfg.seed, int):
@@ -128,11 +133,11 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
         _fail("tasks", cfg.tasks, f"a non-empty tuple of distinct task names from {TASKS}")
     if not (isinstance(cfg.num_parallel_calls, int) and (cfg.num_parallel_calls == -1 or cfg.num_parallel_calls > 0)):
         _fail("num_parallel_calls", cfg.num_parallel_calls, "an integer > 0, or -1 for tf.data AUTOTUNE")
-    _check_positive("prefetch_batches", cfg.prefetch_batches, integer=True, allow_zero=True)
+    _check_positive(_fail, "prefetch_batches", cfg.prefetch_batches, integer=True, allow_zero=True)
 
     mb = cfg.motion_blur
-    _check_range("motion_blur.beta_range", mb.beta_range, 0.0, 1.0)
-    _check_positive("motion_blur.max_length_at_256", mb.max_length_at_256)
+    _check_range(_fail, "motion_blur.beta_range", mb.beta_range, 0.0, 1.0)
+    _check_positive(_fail, "motion_blur.max_length_at_256", mb.max_length_at_256)
     if mb.angle_mode not in MOTION_ANGLE_MODES:
         _fail("motion_blur.angle_mode", mb.angle_mode, f"one of {MOTION_ANGLE_MODES}")
     if not 0.0 <= mb.paired_beta <= 1.0:
@@ -142,19 +147,19 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
     if (not isinstance(fg.radii, (tuple, list)) or not fg.radii
             or not all(isinstance(r, (int, float)) and 0.0 < r <= 0.1 for r in fg.radii)):
         _fail("film_grain.radii", fg.radii, "a non-empty tuple of radii in (0, 0.1] input pixels")
-    _check_positive("film_grain.filter_sigma", fg.filter_sigma)
-    _check_positive("film_grain.monte_carlo_samples", fg.monte_carlo_samples, integer=True)
+    _check_positive(_fail, "film_grain.filter_sigma", fg.filter_sigma)
+    _check_positive(_fail, "film_grain.monte_carlo_samples", fg.monte_carlo_samples, integer=True)
 
     sh = cfg.sharpen
-    _check_range("sharpen.amount_range", sh.amount_range, 0.0, 10.0)
-    _check_range("sharpen.threshold_range", sh.threshold_range, 0.0, 1.0)
-    _check_positive("sharpen.blur_sigma", sh.blur_sigma)
+    _check_range(_fail, "sharpen.amount_range", sh.amount_range, 0.0, 10.0)
+    _check_range(_fail, "sharpen.threshold_range", sh.threshold_range, 0.0, 1.0)
+    _check_positive(_fail, "sharpen.blur_sigma", sh.blur_sigma)
 
     ip = cfg.inpainting
-    _check_positive("inpainting.min_vertices", ip.min_vertices, integer=True)
+    _check_positive(_fail, "inpainting.min_vertices", ip.min_vertices, integer=True)
     if not (isinstance(ip.max_vertices, int) and ip.min_vertices <= ip.max_vertices <= 32):
         _fail("inpainting.max_vertices", ip.max_vertices, f"an integer in [min_vertices={ip.min_vertices}, 32]")
-    _check_positive("inpainting.min_width_at_256", ip.min_width_at_256)
+    _check_positive(_fail, "inpainting.min_width_at_256", ip.min_width_at_256)
     if not ip.min_width_at_256 <= ip.max_width_at_256:
         _fail("inpainting.max_width_at_256", ip.max_width_at_256, f">= min_width_at_256={ip.min_width_at_256}")
     if not (isinstance(ip.max_strokes, int) and 1 <= ip.max_strokes <= 8):
@@ -162,6 +167,14 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
     if not 0.0 <= ip.box_probability <= 1.0:
         _fail("inpainting.box_probability", ip.box_probability, "a probability in [0, 1]")
 
-    _check_positive("eval.size", cfg.eval.size, integer=True)
+    _check_positive(_fail, "eval.size", cfg.eval.size, integer=True)
     if not isinstance(cfg.eval.seed, int):
         _fail("eval.seed", cfg.eval.seed, "an integer")
+    return list(problems)
+
+
+def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int = 1) -> None:
+    """Raises one ValueError listing every invalid data knob (key, value, what is allowed)."""
+    problems = data_problems(cfg, process_count=process_count)
+    if problems:
+        raise ValueError("Invalid data config:\n  " + "\n  ".join(problems))

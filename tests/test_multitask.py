@@ -12,8 +12,9 @@ import torch
 from flax import nnx
 
 from configs.multitask import get_config
-from editdiff.methods.multitask import MultitaskMethod, widen_conv_in
+from editdiff.methods.multitask import MultitaskMethod
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
+from editdiff.train import mesh as mesh_lib
 from editdiff.train import modes
 from editdiff.train.hooks import PeriodicHooks
 from editdiff.train.loop import train_and_evaluate
@@ -58,12 +59,12 @@ def test_train_writes_checkpoints_samples_and_tables(trained_workdir):
 
 
 def test_eval_and_sample_modes_restore_the_newest_checkpoint(trained_workdir):
-    scores = modes.evaluate(tiny(), trained_workdir)
+    scores = modes.evaluate(tiny(), trained_workdir)["tables"]
     with open(os.path.join(trained_workdir, "eval", "step_0000002.json")) as f:
         written = json.load(f)["scores"]
     flat = lambda s: {(n, who, m): v for n, by_who in s.items() for who, vs in by_who.items() for m, v in vs.items()}  # noqa: E731
     assert flat(scores) == pytest.approx(flat(written), rel=1e-5)  # same EMA model, same seeded sampler noise
-    assert os.path.isfile(modes.sample(tiny(), trained_workdir))
+    assert os.path.isfile(modes.sample(tiny(), trained_workdir)["samples"])
 
 
 def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
@@ -79,7 +80,7 @@ def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
         "unet", "mapping", os.path.join("scheduler", "scheduler_config.json"), "multitask.json"}
 
     method = MultitaskMethod(config)
-    model, _ = load_trained_model(config, trained_workdir, method=method)
+    model, _ = load_trained_model(config, trained_workdir, method, mesh_lib.create_mesh(config.mesh))
     batch = {k: jnp.asarray(v) for k, v in method.eval_sets()["grain+colour"].items()}
     conditions, context = model.conditions(batch)
     z_t = jax.random.normal(jax.random.key(3), conditions.shape[:3] + (model.autoencoder.latent_channels,))
@@ -126,20 +127,6 @@ def test_comparison_arms_build_and_give_a_finite_loss(arg):
     assert np.isfinite(float(loss))
 
 
-def test_widened_conv_in_keeps_the_pretrained_prediction():
-    config = UNetConfig(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(8, 16),
-                        layers_per_block=1, attention_head_dim=2, cross_attention_dim=8, norm_num_groups=4)
-    unet = UNet2DConditionModel(config, rngs=nnx.Rngs(0))
-    widened = widen_conv_in(unet, 11)
-    z = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
-    context = jax.random.normal(jax.random.key(1), (1, 3, 8))
-    extra = jax.random.normal(jax.random.key(2), (1, 8, 8, 7))
-    before = unet(z, jnp.array([5]), context)
-    after = widened(jnp.concatenate([z, extra], -1), jnp.array([5]), context)
-    np.testing.assert_allclose(after, before, atol=1e-5)  # zero weights; only the summation order differs
-
-
 @pytest.mark.parametrize("key, value, message", [
     ("model.conditioning", "film", "config.model.conditioning = 'film' is invalid; allowed: one of"),
     ("sampler.name", "euler", "config.sampler.name = 'euler' is invalid"),
@@ -176,9 +163,9 @@ def test_known_region_is_the_kept_cells_of_pure_inpainting_only():
     assert float(jnp.abs(known[1:]).sum()) == 0.0  # any other edit changes the known pixels too
 
 
-def test_pretrained_pipeline_directory_builds_the_paper_setup(tmp_path):
-    """The sd15 path on a tiny diffusers pipeline directory: VAE + U-Net loaded, conv_in widened to
-    4 + 4 + 3 channels, mapping tokens of the U-Net's cross_attention_dim, a finite L1 loss."""
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    """A diffusers pipeline directory with a tiny random VAE and U-Net."""
     from diffusers import AutoencoderKL as TorchVAE
     from diffusers import UNet2DConditionModel as TorchUNet
 
@@ -189,17 +176,49 @@ def test_pretrained_pipeline_directory_builds_the_paper_setup(tmp_path):
               down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24, attention_head_dim=2,
               norm_num_groups=8).save_pretrained(tmp_path / "unet")
+    return tmp_path
+
+
+def _sd15_tiny(pipeline_dir):
     config = tiny()
-    config.pretrained = str(tmp_path)
+    config.pretrained.root = str(pipeline_dir)
     config.model.autoencoder = "vae"
     config.model.unet = {}
-    method = MultitaskMethod(config)
+    return config
+
+
+def _with_pretrained(method):
+    """The model as the trainer builds it: init_model, then the method's pretrained values."""
     model = method.init_model(nnx.Rngs(0))
+    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, value in method.pretrained_state().items():
+        variables[path].set_value(jnp.asarray(value))
+    return model
+
+
+def test_pretrained_pipeline_directory_builds_the_paper_setup(tiny_pipeline):
+    """The sd15 path on a tiny diffusers pipeline directory: VAE + U-Net loaded, conv_in widened to
+    4 + 4 + 3 channels with zero weights (the pretrained prediction is kept), mapping tokens of the U-Net's
+    cross_attention_dim, a finite L1 loss."""
+    from editdiff.interop.diffusers_unet import load_unet
+
+    config = _sd15_tiny(tiny_pipeline)
+    method = MultitaskMethod(config)
+    model = _with_pretrained(method)
     assert model.autoencoder.downsample_factor == 2
     assert model.unet.config.in_channels == 4 + 4 + 3
     assert model.mapping(jnp.zeros((1, 9))).shape[-1] == 24
     trainable = [path[0] for path, _ in nnx.to_flat_state(nnx.state(model, method.trainable))]
     assert set(trainable) == {"unet", "mapping"}  # the pretrained VAE stays frozen
+
+    pretrained = load_unet(str(tiny_pipeline / "unet"))
+    z = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
+    context = jax.random.normal(jax.random.key(1), (1, 3, 24))
+    extra = jax.random.normal(jax.random.key(2), (1, 8, 8, 7))
+    before = pretrained(z, jnp.array([5]), context)
+    after = model.unet(jnp.concatenate([z, extra], -1), jnp.array([5]), context)
+    np.testing.assert_allclose(after, before, atol=1e-5)  # zero weights; only the summation order differs
+
     batch = {k: jnp.asarray(v) for k, v in method.dummy_batch(2).items()}
     loss, _ = method.loss(model, batch, jax.random.key(0))
     assert np.isfinite(float(loss))

@@ -7,10 +7,14 @@ from flax import nnx
 
 from editdiff.methods.base import Method
 from editdiff.train import mesh as mesh_lib
-from editdiff.train.config import default_train_config, validate_train_config
+from editdiff.train.config import default_train_config, validate_config
 from editdiff.train.optimizer import create_optimizer, learning_rate_schedule
 from editdiff.train.state import init_train_state, split_model
 from editdiff.train.step import make_train_step
+
+
+def validate_train_config(config):
+    validate_config(config, Affine)
 
 
 def test_default_config_is_valid():
@@ -50,6 +54,10 @@ def test_schedule_warms_up_then_holds_or_decays():
     np.testing.assert_allclose([cosine(c) for c in (0, 3, 4, 8, 12)], [0.25, 1.0, 1.0, 0.5, 0.0], atol=1e-6)
     config.grad_accum_steps = 2  # the schedule counts updates: 2 warm-up updates of 6
     np.testing.assert_allclose([learning_rate_schedule(config)(c) for c in (0, 1, 4)], [0.5, 1.0, 0.5], atol=1e-6)
+    config.grad_accum_steps, config.schedule, config.decay_every, config.decay_rate = 1, "exponential", 3, 0.9
+    staircase = learning_rate_schedule(config)  # x0.9 every 3 updates after the 4 warm-up updates
+    np.testing.assert_allclose([staircase(c) for c in (0, 3, 4, 6, 7, 10, 13)],
+                               [0.25, 1.0, 1.0, 1.0, 0.9, 0.81, 0.729], rtol=1e-6)
 
 
 class Affine(Method):
@@ -76,19 +84,20 @@ class Affine(Method):
     def sample(self, model, batch, rng):
         return model(batch["x"])
 
-    def dummy_batch(self, batch_size):
-        return {"x": np.zeros((batch_size, 4), np.float32)}
+    def train_batches(self, *, start_step, process_index, process_count):
+        while True:
+            yield {"x": np.ones((2, 4), np.float32)}
 
 
 def test_accumulation_updates_params_and_ema_every_k_micro_steps():
     config = default_train_config()
     config.train.grad_accum_steps, config.train.num_steps, config.train.warmup_steps = 2, 4, 0
     method = Affine(config)
-    graphdef, params, frozen = split_model(method.init_model(nnx.Rngs(0)), method.trainable)
+    graphdef, params, model_state, frozen = split_model(method.init_model(nnx.Rngs(0)), method.trainable)
     assert [path for path, _ in nnx.to_flat_state(frozen)] == [("frozen_scale",)]
     optimizer = create_optimizer(config.train)
     step = jax.jit(make_train_step(method, graphdef, optimizer, seed=0, ema_decay=0.5))
-    state = init_train_state(params, optimizer)
+    state = init_train_state(params, model_state, optimizer)
     batch = {"x": jnp.ones((2, 4))}
     initial = np.asarray(state.params["weight"][...])
 

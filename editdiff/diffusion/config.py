@@ -167,3 +167,14 @@ def loss_settings(diffusion: ml_collections.ConfigDict) -> dict[str, Any]:
     """The keyword arguments of `losses.diffusion_loss` from a diffusion section: norm, and min_snr_gamma
     (None, uniform weighting, for the section's 0)."""
     return dict(norm=diffusion.loss, min_snr_gamma=diffusion.min_snr_gamma or None)
+
+
+def diffusers_scheduler_config(diffusion: ml_collections.ConfigDict,
+                               sampler: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A diffusers `scheduler/scheduler_config.json` (DDIMScheduler) holding the schedule and the sampler's
+    grid, so that an exported model samples in diffusers as it does here."""
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
+            "prediction_type")
+    return {"_class_name": "DDIMScheduler", "clip_sample": False, "timestep_spacing": sampler.spacing,
+            "steps_offset": sampler.steps_offset, "set_alpha_to_one": sampler.set_alpha_to_one,
+            **{key: diffusion[key] for key in keys}}

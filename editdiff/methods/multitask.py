@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,93 +30,81 @@ from flax import nnx
 
 from editdiff import config_checks as checks
 from editdiff.diffusion import samplers
-from editdiff.diffusion.losses import LOSS_NORMS, diffusion_loss, sample_timesteps
+from editdiff.diffusion.config import (diffusers_scheduler_config, diffusion_section, loss_settings,
+                                       sampler_section, sampler_settings)
+from editdiff.diffusion.losses import diffusion_loss, sample_timesteps
 from editdiff.diffusion.parameterisation import q_sample
-from editdiff.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES, schedule_from_config
-from editdiff.diffusion.timesteps import SPACINGS
+from editdiff.diffusion.schedules import schedule_from_config
 from editdiff.heads.mapping import MappingNetwork
-from editdiff.methods.base import Batch, Method
+from editdiff.methods.base import Batch, Evaluator, FlatState, Method
+from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
 from editdiff.nn.patch_autoencoder import PatchAutoencoder
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
-from input_pipeline.config import validate_data_config
+from editdiff.pretrained import pretrained_path, pretrained_section
+from eval import metrics as pixel_metrics
+from input_pipeline.config import data_problems, default_data_config
 
 EDIT_VECTOR_NAMES = ("beta", "sigma", "lambda", "mu", "e_blur", "e_grain", "e_colour", "e_inpaint", "e_sharpen")
 EDIT_VECTOR_SIZE = len(EDIT_VECTOR_NAMES)  # C = [beta, sigma, lambda, mu, e1..e5]
 NUM_STRENGTHS = 4  # the scalars before the binary task labels
-INPAINT_ONLY = jnp.array([0.0, 0.0, 0.0, 1.0, 0.0])  # task labels [blur, grain, colour, inpaint, sharpen]
+INPAINT_ONLY = np.array([0.0, 0.0, 0.0, 1.0, 0.0], np.float32)  # task labels [blur, grain, colour, inpaint, sharpen]
 AUTOENCODERS = ("patch", "vae")
 CONDITIONINGS = ("cross_attention", "concat")
 
-_CHECKS = {
-    "model.autoencoder": checks.one_of(AUTOENCODERS),
-    "model.patch_factor": checks.int_at_least(1),
-    "model.conditioning": checks.one_of(CONDITIONINGS),
-    "model.use_task_labels": checks.BOOLEAN,
-    "model.mapping.depth": checks.int_at_least(1),
-    "model.mapping.hidden_dim": checks.int_at_least(1),
-    "model.mapping.num_tokens": checks.int_at_least(1),
-    "diffusion.num_train_timesteps": checks.int_at_least(2),
-    "diffusion.beta_schedule": checks.one_of(BETA_SCHEDULES),
-    "diffusion.beta_start": checks.number_above(0),
-    "diffusion.beta_end": checks.number_above(0),
-    "diffusion.rescale_betas_zero_snr": checks.BOOLEAN,
-    "diffusion.prediction_type": checks.one_of(PREDICTION_TYPES),
-    "diffusion.loss": checks.one_of(LOSS_NORMS),
-    "diffusion.min_snr_gamma": checks.number_at_least(0),
-    "sampler.name": checks.one_of(tuple(samplers.SAMPLERS)),
-    "sampler.num_steps": checks.int_at_least(1),
-    "sampler.eta": checks.number_in(0, 1),
-    "sampler.spacing": checks.one_of(SPACINGS),
-    "sampler.blend_known_region": checks.BOOLEAN,
+_MODEL_CHECKS = {
+    "autoencoder": checks.one_of(AUTOENCODERS),
+    "patch_factor": checks.int_at_least(1),
+    "conditioning": checks.one_of(CONDITIONINGS),
+    "use_task_labels": checks.BOOLEAN,
+    "mapping": checks.ANY,
+    "unet": checks.ANY,
 }
+_MAPPING_CHECKS = {"depth": checks.int_at_least(1), "hidden_dim": checks.int_at_least(1),
+                   "num_tokens": checks.int_at_least(1)}
+# config.model.unet: diffusers UNet2DConditionModel config keys; the channels in and out are derived.
+_UNET_KEYS = tuple(f.name for f in dataclasses.fields(UNetConfig) if f.name not in ("in_channels", "out_channels"))
+EVALUATOR_KINDS = ("edit_grid", "edit_tables")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Every multitask key (model, diffusion, sampler, data, pretrained) checked before anything compiles."""
-    problems = checks.find_problems(config, _CHECKS)
-    if not problems:
-        if config.model.autoencoder == "vae" and not config.pretrained:
-            problems.append("config.model.autoencoder = 'vae' needs config.pretrained: a diffusers pipeline "
-                            "directory with a vae/ subfolder")
-        if config.pretrained and not os.path.isdir(config.pretrained):
-            problems.append(f"config.pretrained = {config.pretrained!r} is not a directory")
-        if config.sampler.num_steps > config.diffusion.num_train_timesteps:
-            problems.append(f"config.sampler.num_steps = {config.sampler.num_steps} is invalid; allowed: at most "
-                            f"config.diffusion.num_train_timesteps = {config.diffusion.num_train_timesteps}")
-        factor = config.model.patch_factor
-        if config.model.autoencoder == "vae" and os.path.isdir(config.pretrained):
-            from editdiff.interop.torch_io import read_config
-            from editdiff.nn.vae import VAEConfig
+def _unet_rule(config: ml_collections.ConfigDict) -> list[str]:
+    """An explicit config.model.unet must make a valid UNetConfig (empty: read from the pretrained U-Net)."""
+    if not config.model.unet:
+        return []
+    try:
+        UNetConfig(**config.model.unet.to_dict(), in_channels=4, out_channels=4)
+    except (TypeError, ValueError) as error:
+        return [f"config.model.unet is invalid: {error}"]
+    return []
 
-            factor = VAEConfig.from_diffusers(read_config(os.path.join(config.pretrained, "vae"))).downsample_factor
-        if config.data.crop_size % factor:
-            problems.append(f"config.data.crop_size = {config.data.crop_size} is invalid; allowed: a multiple of "
-                            f"the autoencoder's downsampling factor {factor}")
-    checks.raise_problems(problems, "multitask")
-    validate_data_config(config.data)
+
+def _model_rules(config: ml_collections.ConfigDict) -> list[str]:
+    problems = []
+    if config.model.autoencoder == "vae" and not pretrained_path(config, "vae"):
+        problems.append("config.model.autoencoder = 'vae' needs config.pretrained.vae (or config.pretrained.root "
+                        "with a vae/ subfolder)")
+    if not config.model.unet and not pretrained_path(config, "unet"):
+        problems.append("config.model.unet = {} (read the pretrained U-Net) needs config.pretrained.unet (or "
+                        "config.pretrained.root with a unet/ subfolder)")
+    factor = config.model.patch_factor
+    if config.model.autoencoder == "vae" and pretrained_path(config, "vae"):
+        factor = _vae_config(config).downsample_factor
+    if isinstance(config.data.crop_size, int) and config.data.crop_size % factor:
+        problems.append(f"config.data.crop_size = {config.data.crop_size} is invalid; allowed: a multiple of "
+                        f"the autoencoder's downsampling factor {factor}")
+    return problems
+
+
+def _vae_config(config: ml_collections.ConfigDict):
+    from editdiff.interop.torch_io import read_config
+    from editdiff.nn.vae import VAEConfig
+
+    return VAEConfig.from_diffusers(read_config(pretrained_path(config, "vae")))
 
 
 def _write_json(path: str, content: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(content, f, indent=2)
-
-
-def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
-    """A copy of a pretrained U-Net taking `in_channels` input channels: conv_in's new input channels get zero
-    weights, so at initialisation the concatenated conditions change nothing (as InstructPix2Pix does)."""
-    old = unet.config.in_channels
-    if in_channels < old:
-        raise ValueError(f"widen_conv_in: in_channels={in_channels} is fewer than the U-Net's {old}")
-    config = dataclasses.replace(unet.config, in_channels=in_channels)
-    widened = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=unet.dtype))
-    pretrained = dict(nnx.to_flat_state(nnx.state(unet, nnx.Param)))
-    for path, variable in nnx.to_flat_state(nnx.state(widened, nnx.Param)):
-        value = pretrained[path][...]
-        if path == ("conv_in", "kernel"):  # (kh, kw, in, out): new input channels get zero weights
-            value = jnp.pad(value, ((0, 0), (0, 0), (0, in_channels - old), (0, 0)))
-        variable.set_value(value)  # set_value (not [...] =) fills the abstract model
-    return widened
 
 
 class MultitaskModel(nnx.Module):
@@ -160,54 +149,105 @@ class MultitaskModel(nnx.Module):
         return self.unet(unet_input, t, context).astype(jnp.float32)
 
 
+def _flat_params(module: nnx.Module, prefix: tuple) -> dict[tuple, np.ndarray]:
+    return {prefix + path: np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
 class MultitaskMethod(Method):
     """Builds `MultitaskModel`, trains the U-Net and f_theta with the L1/L2 noise loss, samples with the
     configured sampler."""
 
+    evaluator_kinds = EVALUATOR_KINDS
+
     def __init__(self, config: ml_collections.ConfigDict):
-        validate_config(config)
         super().__init__(config)
         self.schedule = schedule_from_config(config.diffusion)
         self.dtype = jnp.dtype(config.compute_dtype)
         self.edit_dim = EDIT_VECTOR_SIZE if config.model.use_task_labels else NUM_STRENGTHS
 
+    @classmethod
+    def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
+        """model (with model.mapping and model.unet), diffusion, sampler, data and pretrained; cross-key rules
+        last."""
+        return [
+            checks.Section("model", _MODEL_CHECKS),
+            checks.Section("model.mapping", _MAPPING_CHECKS),
+            checks.Section("model.unet", {key: checks.ANY for key in _UNET_KEYS}, rules=(_unet_rule,),
+                           optional=_UNET_KEYS),
+            diffusion_section(),
+            sampler_section(),
+            *checks.closed_like("data", default_data_config(), rules=(lambda c: data_problems(c.data),)),
+            pretrained_section(),
+            checks.Section("", {}, closed=False, rules=(_model_rules,)),
+        ]
+
     def _autoencoder(self) -> nnx.Module:
         if self.config.model.autoencoder == "patch":
             return PatchAutoencoder(self.config.model.patch_factor)
-        from editdiff.interop.diffusers_vae import load_vae  # torch-free unless a .bin is read
+        from editdiff.nn.vae import AutoencoderKL
 
-        return load_vae(os.path.join(self.config.pretrained, "vae"), dtype=self.dtype)
+        return AutoencoderKL(_vae_config(self.config), rngs=nnx.Rngs(0), dtype=self.dtype)
 
-    def _unet(self, latent_channels: int, rngs: nnx.Rngs) -> UNet2DConditionModel:
+    def _unet_config(self, latent_channels: int) -> UNetConfig:
         model_config = self.config.model
         concat = model_config.conditioning == "concat"
         in_channels = 2 * latent_channels + 3 + (self.edit_dim if concat else 0)
-        if self.config.pretrained and not model_config.unet:
-            from editdiff.interop.diffusers_unet import load_unet
+        if not model_config.unet:  # the pretrained U-Net's architecture, conv_in widened (pretrained_state)
+            from editdiff.interop.torch_io import read_config
 
-            unet = load_unet(os.path.join(self.config.pretrained, "unet"), dtype=self.dtype)
-            if concat and unet.config.has_cross_attention:
+            unet_config = UNetConfig.from_diffusers(read_config(pretrained_path(self.config, "unet")))
+            if concat and unet_config.has_cross_attention:
                 raise ValueError("config.model.conditioning = 'concat' (Palette++) needs a U-Net without "
                                  "cross-attention; the pretrained U-Net has cross-attention blocks")
-            return widen_conv_in(unet, in_channels)
+            return dataclasses.replace(unet_config, in_channels=in_channels)
         fields = model_config.unet.to_dict()
         if concat:
             fields["down_block_types"] = tuple("DownBlock2D" for _ in fields["down_block_types"])
             fields["up_block_types"] = tuple("UpBlock2D" for _ in fields["up_block_types"])
             fields["mid_block_type"] = "UNetMidBlock2D"
-        unet_config = UNetConfig(**fields, in_channels=in_channels, out_channels=latent_channels)
-        return UNet2DConditionModel(unet_config, rngs=rngs, dtype=self.dtype)
+        return UNetConfig(**fields, in_channels=in_channels, out_channels=latent_channels)
 
     def init_model(self, rngs: nnx.Rngs) -> MultitaskModel:
         model_config = self.config.model
         autoencoder = self._autoencoder()
-        unet = self._unet(autoencoder.latent_channels, rngs)
+        unet = UNet2DConditionModel(self._unet_config(autoencoder.latent_channels), rngs=rngs, dtype=self.dtype)
         mapping = None
         if model_config.conditioning == "cross_attention":
             mapping = MappingNetwork(self.edit_dim, unet.config.cross_attention_dim,
                                      depth=model_config.mapping.depth, hidden_dim=model_config.mapping.hidden_dim,
                                      num_tokens=model_config.mapping.num_tokens, rngs=rngs, dtype=self.dtype)
         return MultitaskModel(autoencoder, unet, mapping, use_task_labels=model_config.use_task_labels)
+
+    def pretrained_state(self) -> FlatState:
+        """The SD VAE (frozen) and U-Net (fine-tuned) from config.pretrained. The U-Net's conv_in gets zero
+        weights for its new input channels (source latent, colour reference), so at initialisation the
+        concatenated conditions change nothing, as InstructPix2Pix does."""
+        values = {}
+        if self.config.model.autoencoder == "vae":
+            from editdiff.interop.diffusers_vae import load_vae  # torch-free unless a .bin is read
+
+            values.update(_flat_params(load_vae(pretrained_path(self.config, "vae")), ("autoencoder",)))
+        if not self.config.model.unet:
+            from editdiff.interop.diffusers_unet import load_unet
+
+            unet = _flat_params(load_unet(pretrained_path(self.config, "unet")), ("unet",))
+            kernel = unet[("unet", "conv_in", "kernel")]  # (kh, kw, in, out)
+            in_channels = self._unet_config(self._latent_channels()).in_channels
+            unet[("unet", "conv_in", "kernel")] = np.pad(
+                kernel, ((0, 0), (0, 0), (0, in_channels - kernel.shape[2]), (0, 0)))
+            values.update(unet)
+        return values
+
+    def _latent_channels(self) -> int:
+        if self.config.model.autoencoder == "patch":
+            return PatchAutoencoder(self.config.model.patch_factor).latent_channels
+        return _vae_config(self.config).latent_channels
+
+    def train_batches(self, *, start_step: int, process_index: int, process_count: int):
+        import input_pipeline
+
+        return input_pipeline.create_train_iterator(self.config.data, start_step=start_step,
+                                                    process_index=process_index, process_count=process_count)
 
     @property
     def trainable(self) -> nnx.filterlib.Filter:
@@ -221,9 +261,8 @@ class MultitaskMethod(Method):
         noise = jax.random.normal(noise_key, target_latent.shape, jnp.float32)
         noisy = q_sample(self.schedule, target_latent, t, noise)
         prediction = model.denoise(noisy, t, image_conditions, context)
-        gamma = self.config.diffusion.min_snr_gamma or None
         loss = diffusion_loss(self.schedule, prediction, target_latent, noise, t,
-                              norm=self.config.diffusion.loss, min_snr_gamma=gamma)
+                              **loss_settings(self.config.diffusion))
         return loss, {"loss": loss}
 
     def sample(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> jax.Array:
@@ -236,7 +275,7 @@ class MultitaskMethod(Method):
             return model.denoise(z, t, image_conditions, context)
 
         s = self.config.sampler
-        settings = dict(num_steps=s.num_steps, spacing=s.spacing) | ({"eta": s.eta} if s.name == "ddim" else {})
+        settings = sampler_settings(s)
         if s.blend_known_region:
             source_latent = image_conditions[..., :model.autoencoder.latent_channels]
             settings |= dict(known_latent=source_latent, known_mask=self._known_latent_mask(model, batch))
@@ -255,9 +294,16 @@ class MultitaskMethod(Method):
         return cells * inpainting_only[:, None, None, None]
 
     def eval_sets(self) -> dict[str, dict[str, np.ndarray]]:
+        """The fixed evaluation batches by set name (5 single tasks, the paper's 4 combinations)."""
         import input_pipeline
 
         return input_pipeline.create_eval_sets(self.config.data)
+
+    def evaluators(self) -> list[Evaluator]:
+        """`edit_grid` and `edit_tables` entries of config.evals, sharing one sampling pass per step."""
+        edits = _EditedEvalSets(self, self.eval_sets(), seed=self.config.seed)
+        kinds = {"edit_grid": EditGrid, "edit_tables": EditTables}
+        return [kinds[entry.kind](name, entry.every, edits) for name, entry in self.config.evals.items()]
 
     def export(self, model: MultitaskModel, directory: str) -> list[str]:
         """`unet/` (diffusers UNet2DConditionModel), `vae/` (AutoencoderKL, when pretrained), `mapping/`
@@ -280,11 +326,7 @@ class MultitaskMethod(Method):
             written.append(os.path.join(directory, "mapping"))
             export_mapping_network(model.mapping, written[-1])
         written.append(os.path.join(directory, "scheduler", "scheduler_config.json"))
-        diffusion = self.config.diffusion
-        _write_json(written[-1], {
-            "_class_name": "DDIMScheduler", "clip_sample": False, "timestep_spacing": self.config.sampler.spacing,
-            **{key: diffusion[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                               "rescale_betas_zero_snr", "prediction_type")}})
+        _write_json(written[-1], diffusers_scheduler_config(self.config.diffusion, self.config.sampler))
         written.append(os.path.join(directory, "multitask.json"))
         _write_json(written[-1], {
             "method": "multitask",
@@ -305,6 +347,95 @@ class MultitaskMethod(Method):
                 "mask": np.ones((batch_size, size, size, 1), np.float32),
                 "edit_vector": np.zeros((batch_size, EDIT_VECTOR_SIZE), np.float32),
                 "task_labels": np.zeros((batch_size, 5), np.float32)}
+
+
+GRID_COLUMNS = ("source", "reference", "mask", "target", "edited")
+# (name, function of ([0, 1] prediction, [0, 1] target) -> (B,), higher is better)
+METRICS = (
+    ("L1", pixel_metrics.l1, False),
+    ("PSNR", lambda p, t: pixel_metrics.psnr(p, t, 1.0), True),
+    ("SSIM", lambda p, t: pixel_metrics.ssim(p, t, 1.0), True),
+)
+DO_NOTHING, MODEL = "do-nothing", "model"
+
+
+def _to_unit(images) -> jax.Array:
+    """[-1, 1] -> [0, 1], float32."""
+    return (jnp.asarray(images, jnp.float32) + 1.0) / 2.0
+
+
+def _edit_label(batch: Mapping[str, np.ndarray], i: int) -> str:
+    """A row label: the example's non-zero editing-vector entries, e.g. 'beta=0.42 e_blur'."""
+    parts = []
+    for name, value in zip(EDIT_VECTOR_NAMES, batch["edit_vector"][i]):
+        if value:
+            parts.append(name if name.startswith("e_") else f"{name}={value:.2f}")
+    return " ".join(parts) or "no edit"
+
+
+class _EditedEvalSets:
+    """The evaluation sets edited by a model, sampled in one compiled call per step and shared by the grid
+    and the tables of that step."""
+
+    def __init__(self, method: "MultitaskMethod", eval_sets: Mapping[str, Mapping[str, np.ndarray]], *, seed: int):
+        self.eval_sets = {name: {k: np.asarray(v) for k, v in batch.items()} for name, batch in eval_sets.items()}
+        self.names = list(self.eval_sets)
+        sizes = [len(batch["target"]) for batch in self.eval_sets.values()]
+        self._splits = np.cumsum(sizes)[:-1]
+        keys = set.intersection(*(set(batch) for batch in self.eval_sets.values()))
+        self._batch = {k: np.concatenate([self.eval_sets[n][k] for n in self.names]) for k in keys}
+        self._rng = jax.random.key(seed)
+        self.sample = ModelFunction(method.sample)
+        self._edited_at: tuple[int, dict[str, np.ndarray]] | None = None
+
+    def edited(self, model: MultitaskModel, step: int) -> dict[str, np.ndarray]:
+        """Edited images (N, H, W, 3) in [-1, 1] per set name."""
+        if self._edited_at is None or self._edited_at[0] != step:
+            edited = np.asarray(jax.device_get(self.sample(model, self._batch, self._rng)))
+            self._edited_at = (step, dict(zip(self.names, np.split(edited, self._splits))))
+        return self._edited_at[1]
+
+
+class EditGrid(Evaluator):
+    """`WORKDIR/NAME/step_N.png`: the first two examples of every set; columns source, reference, mask,
+    target, edited; each row labelled with its set and edit vector."""
+
+    writes_samples = True
+
+    def __init__(self, name: str, every: int, edits: _EditedEvalSets, per_set: int = 2):
+        super().__init__(name, every)
+        self.edits, self.per_set = edits, per_set
+
+    def __call__(self, model, step, workdir, writer) -> str:
+        edited = self.edits.edited(model, step)
+        sets, k = self.edits.eval_sets, self.per_set
+        columns = [(c, np.concatenate([edited[n][:k] if c == "edited" else sets[n][c][:k] for n in self.edits.names]))
+                   for c in GRID_COLUMNS]
+        labels = [f"{n}: {_edit_label(sets[n], i)}" for n in self.edits.names for i in range(min(k, len(edited[n])))]
+        return write_grid(workdir, step, labelled_grid(columns, labels), folder=self.name, writer=writer)
+
+
+class EditTables(Evaluator):
+    """L1 / PSNR / SSIM of the edited images against the targets, per set, beside the do-nothing arm (the
+    source itself), on [0, 1] images; written as the paper's Tables 2-3 (single tasks, combinations)."""
+
+    def __init__(self, name: str, every: int, edits: _EditedEvalSets):
+        super().__init__(name, every)
+        self.edits = edits
+
+    def __call__(self, model, step, workdir, writer) -> dict:
+        edited = self.edits.edited(model, step)
+        scores = {}
+        for name, batch in self.edits.eval_sets.items():
+            target = _to_unit(batch["target"])
+            arms = {MODEL: _to_unit(edited[name]), DO_NOTHING: _to_unit(batch["source"])}
+            scores[name] = {arm: {metric: float(jnp.mean(fn(images, target))) for metric, fn, _ in METRICS}
+                            for arm, images in arms.items()}
+        groups = (("Single tasks", [n for n in scores if "+" not in n]),
+                  ("Combinations of tasks", [n for n in scores if "+" in n]))
+        write_scores(workdir, step, scores, higher_is_better={m: higher for m, _, higher in METRICS},
+                     writer=writer, groups=groups)
+        return scores
 
 
 METHOD = MultitaskMethod

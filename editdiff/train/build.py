@@ -1,58 +1,81 @@
-"""A run's model and train state on the mesh: fresh from the method, or from the newest checkpoint."""
+"""A run's model and train state on the mesh: built abstractly, created directly in its sharded layout, then
+filled from the newest checkpoint, the method's pretrained weights and other runs' workdirs.
+
+Where every part of the state comes from:
+
+    trainable params, EMA, optimiser state,   the newest readable checkpoint when there is one; else
+    model state (BatchNorm statistics, ...)   `init_model` under jax.jit (sharded), then the method's
+                                              pretrained values, then `config.init_from`
+    frozen params                             `init_model` under jax.jit, the method's pretrained values and
+                                              `config.frozen_from`, at every start (never checkpointed)
+
+Nothing is initialised eagerly: the model is traced with `nnx.eval_shape`, and a resumed run only creates
+its frozen part (XLA drops the rest of the initialiser).
+"""
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
 from editdiff.methods.base import Method
 from editdiff.train import mesh as mesh_lib
-from editdiff.train.checkpoint import Checkpointer
-from editdiff.train.config import validate_train_config
-from editdiff.train.optimizer import create_optimizer
+from editdiff.train.checkpoint import (
+    CheckpointMismatchError,
+    Checkpointer,
+    config_differences,
+    read_saved_config,
+    state_tree,
+    train_state_from_tree,
+)
 from editdiff.train.state import TrainState, init_train_state, split_model
+from editdiff.train.warm_start import apply_frozen_from, apply_init_from, dotted
+
+_MAX_CONFIG_LINES = 8
 
 
-def method_from_config(config: ml_collections.ConfigDict) -> Method:
-    """The method named by `config.method`: module `editdiff.methods.<name>` and its class `METHOD`."""
+class ConfigChangedError(ValueError):
+    """The workdir's checkpoint was written by a config whose model or optimiser differs from this one."""
+
+
+def method_class(config: ml_collections.ConfigDict) -> type[Method]:
+    """The class `METHOD` of module `editdiff.methods.<config.method>`, or of the importable module named
+    `config.method` (a method of your own outside this package); imported, not constructed."""
     name = config.get("method")
-    try:
-        module = importlib.import_module(f"editdiff.methods.{name}")
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f"config.method = {name!r} is invalid; allowed: the name of a module in editdiff.methods"
-        ) from error
-    return module.METHOD(config)
+    for module_name in (f"editdiff.methods.{name}", name):
+        try:
+            module = importlib.import_module(module_name)
+        except (ModuleNotFoundError, TypeError, ValueError):
+            continue
+        if isinstance(getattr(module, "METHOD", None), type) and issubclass(module.METHOD, Method):
+            return module.METHOD
+    raise ValueError(f"config.method = {name!r} is invalid; allowed: the name of a module in editdiff.methods "
+                     "(or an importable module) that defines METHOD, a Method subclass")
 
 
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """Joins the multi-host job when config.distributed.initialize asks (once per process; the cluster's
-    environment tells JAX the coordinator). Must run before anything touches the devices."""
-    if config.distributed.initialize and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-
-
-def create_checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
+def create_checkpointer(config: ml_collections.ConfigDict, workdir: str, *, read_only: bool = False) -> Checkpointer:
     """The run's Checkpointer as the config's train.* keys describe it."""
     return Checkpointer(
         workdir,
         keep=config.train.keep_checkpoints,
         every=config.train.checkpoint_every,
         async_save=config.train.async_checkpointing,
+        read_only=read_only,
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class RunState:
-    """The model split for training, placed on the mesh: `nnx.merge(graphdef, state.params, frozen)` is the
-    model; the shardings are the layouts the jitted step keeps them in."""
+    """The model split for training, placed on the mesh: `model()` merges it back; the shardings are the
+    layouts the jitted step keeps the state and the frozen parameters in."""
 
     graphdef: nnx.GraphDef
     frozen: nnx.State
@@ -61,8 +84,85 @@ class RunState:
     frozen_sharding: Any
 
     def model(self, *, ema: bool = True) -> nnx.Module:
-        """The whole model with the EMA (default) or the raw trainable parameters, plus the frozen rest."""
-        return nnx.merge(self.graphdef, self.state.ema_params if ema else self.state.params, self.frozen)
+        """The whole model with the EMA (default) or the raw trainable parameters, the model state and the
+        frozen rest."""
+        params = self.state.ema_params if ema else self.state.params
+        return nnx.merge(self.graphdef, params, self.state.model_state, self.frozen)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelLayout:
+    """The abstract split of the method's model and the shardings of its three states."""
+
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    model_state: nnx.State
+    frozen: nnx.State
+    params_sharding: Any
+    model_state_sharding: Any
+    frozen_sharding: Any
+
+
+def _model_layout(method: Method, seed: int, mesh: jax.sharding.Mesh, fsdp_min_size: int) -> _ModelLayout:
+    graphdef, params, model_state, frozen = split_model(
+        nnx.eval_shape(lambda: method.init_model(nnx.Rngs(seed))), method.trainable)
+    shard = lambda tree: mesh_lib.state_sharding(mesh, tree, fsdp_min_size)  # noqa: E731
+    return _ModelLayout(graphdef, params, model_state, frozen, shard(params), shard(model_state), shard(frozen))
+
+
+def _initialise(method: Method, seed: int, layout: _ModelLayout, *, parts: tuple[int, ...]):
+    """The states at `parts` (0 params, 1 model state, 2 frozen) of `init_model`, created by one jitted
+    initialiser directly in their shardings (what is not asked for is dead code to XLA)."""
+    shardings = (layout.params_sharding, layout.model_state_sharding, layout.frozen_sharding)
+
+    def init():
+        states = split_model(method.init_model(nnx.Rngs(seed)), method.trainable)[1:]
+        return tuple(states[i] for i in parts)
+
+    return jax.jit(init, out_shardings=tuple(shardings[i] for i in parts))()
+
+
+def _fill_pretrained(states: Mapping[str, nnx.State], pretrained: Mapping[tuple, np.ndarray]) -> None:
+    """Writes each pretrained value into whichever of `states` (by name) holds its path; a path in none of
+    them (of the given ones, or of the model at all) is an error."""
+    variables = {}
+    for name, state in states.items():
+        variables.update({path: (name, variable) for path, variable in nnx.to_flat_state(state)})
+    unknown = [dotted(path) for path in pretrained if path not in variables]
+    if unknown:
+        raise ValueError(f"The method's pretrained weights name paths that are not in the model: {unknown[:8]}")
+    for path, value in pretrained.items():
+        _, variable = variables[path]
+        current = variable[...]
+        if tuple(value.shape) != tuple(current.shape):
+            raise ValueError(f"Pretrained {dotted(path)}: shape {tuple(value.shape)}, the model has "
+                             f"{tuple(current.shape)}")
+        variable.set_value(jax.device_put(np.asarray(value, current.dtype), current.sharding))
+
+
+def _frozen_values(layout: _ModelLayout, pretrained: Mapping[tuple, np.ndarray]) -> dict[tuple, np.ndarray]:
+    """The pretrained values that belong to the frozen parameters."""
+    frozen_paths = {path for path, _ in nnx.to_flat_state(layout.frozen)}
+    return {path: value for path, value in pretrained.items() if path in frozen_paths}
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+def _changed_config_error(error: CheckpointMismatchError, config: ml_collections.ConfigDict, workdir: str):
+    changed = config_differences(read_saved_config(workdir), config)
+    listed = changed[:_MAX_CONFIG_LINES] + ([f"... and {len(changed) - _MAX_CONFIG_LINES} more"]
+                                            if len(changed) > _MAX_CONFIG_LINES else [])
+    return ConfigChangedError(
+        f"Cannot resume {workdir}: its checkpoint of step {error.step} does not fit this config.\n"
+        f"  Config keys that differ from {os.path.join(workdir, 'config.json')}:\n    "
+        + ("\n    ".join(listed) if listed else "(none: the saved config is missing or equal)") + "\n"
+        f"  Arrays whose stored and requested shapes differ ({len(error.differences)}):\n    "
+        + "\n    ".join(error.listed()) + "\n"
+        "  Nothing was changed. Resume with the saved config, or train in a new --workdir (with "
+        "config.init_from.workdir to warm-start from this one)."
+    )
 
 
 def build_run_state(
@@ -71,41 +171,68 @@ def build_run_state(
     mesh: jax.sharding.Mesh,
     optimizer: optax.GradientTransformation,
     checkpointer: Checkpointer,
+    workdir: str,
 ) -> RunState:
-    """Builds the method's model (seeded by config.seed), splits it by the method's trainable filter and lays
-    it out on the mesh; the train state is restored from the newest readable checkpoint, else fresh (step 0).
-    The frozen rest always comes from the method (pretrained weights or the seed), never from a checkpoint."""
-    graphdef, params, frozen = split_model(method.init_model(nnx.Rngs(config.seed)), method.trainable)
-    abstract_state = jax.eval_shape(lambda p: init_train_state(p, optimizer), params)
-    state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.mesh.fsdp_min_size)
-    frozen_sharding = mesh_lib.state_sharding(mesh, frozen, config.mesh.fsdp_min_size)
-    restore_target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding
+    """The train state restored from the newest readable checkpoint, else fresh (step 0), and the frozen
+    parameters, all on the mesh (see the module docstring for where each part comes from). Raises
+    ConfigChangedError (short, naming the differing config keys and arrays) when the checkpoint does not fit
+    the config."""
+    layout = _model_layout(method, config.seed, mesh, config.mesh.fsdp_min_size)
+    abstract_state = jax.eval_shape(lambda p, m: init_train_state(p, m, optimizer), layout.params,
+                                    layout.model_state)
+    state_sharding = TrainState(
+        step=mesh_lib.state_sharding(mesh, abstract_state.step, config.mesh.fsdp_min_size),
+        params=layout.params_sharding,
+        opt_state=mesh_lib.state_sharding(mesh, abstract_state.opt_state, config.mesh.fsdp_min_size),
+        ema_params=layout.params_sharding,
+        model_state=layout.model_state_sharding,
     )
-    state = checkpointer.restore_latest(restore_target)
-    if state is None:
-        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_sharding)(params)
-    return RunState(graphdef, jax.device_put(frozen, frozen_sharding), state, state_sharding, frozen_sharding)
+    try:
+        restored = checkpointer.restore_latest(state_tree(_with_shardings(abstract_state, state_sharding)))
+    except CheckpointMismatchError as error:
+        raise _changed_config_error(error, config, workdir) from None
+    pretrained = method.pretrained_state()
+    if restored is not None:
+        state = train_state_from_tree(restored[1])
+        (frozen,) = _initialise(method, config.seed, layout, parts=(2,))
+        _fill_pretrained({"frozen": frozen}, _frozen_values(layout, pretrained))
+    else:
+        params, model_state, frozen = _initialise(method, config.seed, layout, parts=(0, 1, 2))
+        _fill_pretrained({"params": params, "frozen": frozen}, pretrained)
+        if config.init_from.workdir:
+            apply_init_from(params, config)
+        state = jax.jit(lambda p, m: init_train_state(p, m, optimizer), out_shardings=state_sharding,
+                        donate_argnums=0)(params, model_state)
+    if config.frozen_from:
+        apply_frozen_from(frozen, config)
+    return RunState(layout.graphdef, frozen, state, state_sharding, layout.frozen_sharding)
 
 
 def load_trained_model(
-    config: ml_collections.ConfigDict, workdir: str, *, method: Method | None = None, ema: bool = True
+    config: ml_collections.ConfigDict, workdir: str, method: Method, mesh: jax.sharding.Mesh, *,
+    ema: bool = True, step: int | None = None,
 ) -> tuple[nnx.Module, int]:
-    """The model of the newest readable checkpoint in `workdir` (EMA parameters by default) and its step,
-    for sampling, evaluation and export. Raises FileNotFoundError when the workdir holds no checkpoint."""
-    validate_train_config(config)
-    initialize_distributed(config)
-    method = method or method_from_config(config)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"No checkpoints in {workdir}: train first (main.py --mode=train)")
-    checkpointer = create_checkpointer(config, workdir)
+    """The model of the newest readable checkpoint in `workdir` (or of `step`) with its EMA (default) or raw
+    parameters and its model state — no optimiser state is read — and its step, for evaluation, sampling
+    and export. Reads only: works while a training run is writing the workdir. Raises FileNotFoundError
+    when the workdir holds no checkpoint."""
+    checkpointer = Checkpointer(workdir, read_only=True)
     try:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"No checkpoints in {checkpointer.directory}: train first (main.py --mode=train)")
-        mesh = mesh_lib.create_mesh(config.mesh)
-        run = build_run_state(config, method, mesh, create_optimizer(config.train), checkpointer)
+        layout = _model_layout(method, config.seed, mesh, config.mesh.fsdp_min_size)
+        part = "ema_params" if ema else "params"
+        abstract = {part: _with_shardings(layout.params, layout.params_sharding),
+                    "model_state": _with_shardings(layout.model_state, layout.model_state_sharding)}
+        try:
+            step, restored = checkpointer.restore_latest(abstract, step=step)
+        except CheckpointMismatchError as error:
+            raise _changed_config_error(error, config, workdir) from None
     finally:
         checkpointer.close()
-    step = int(run.state.step)
+    (frozen,) = _initialise(method, config.seed, layout, parts=(2,))
+    _fill_pretrained({"frozen": frozen}, _frozen_values(layout, method.pretrained_state()))
+    if config.frozen_from:
+        apply_frozen_from(frozen, config)
     logging.info("Loaded the %s parameters of step %d from %s", "EMA" if ema else "raw", step, workdir)
-    return run.model(ema=ema), step
+    return nnx.merge(layout.graphdef, restored[part], restored["model_state"], frozen), step

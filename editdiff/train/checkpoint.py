@@ -1,10 +1,19 @@
-"""Orbax checkpoints of the train state under `WORKDIR/checkpoints`, with the run's config beside them.
+"""Orbax checkpoints of the train state under `WORKDIR/checkpoints`, and the run's config beside them.
 
-Saves are asynchronous (training goes on while the previous state is written), keep the newest N, and happen
-every `checkpoint_every` steps plus on demand (final step, preemption). Restoring tries the newest checkpoint
-first; one that cannot be read is reported loudly and the previous one is tried; once one restores, the
-unreadable newer ones move to `WORKDIR/corrupt_checkpoints/`. If checkpoints exist but none restores, a
-CheckpointRestoreError is raised: a run never silently starts again from scratch.
+Saves are asynchronous (training goes on while the previous state is written; Orbax writes into a temporary
+directory and renames it when complete, so a killed save leaves no half checkpoint), keep the newest N, and
+happen every `checkpoint_every` steps plus on demand (final step, preemption).
+
+Restoring distinguishes two failures:
+- a checkpoint that does not fit the requested structure (another model or optimiser config): the stored
+  and requested shapes are compared from the checkpoint's metadata before any array is read, and a
+  `CheckpointMismatchError` lists the differing paths. Nothing falls back and nothing moves.
+- a checkpoint that cannot be read (damaged, truncated): reported loudly and the previous one tried; once an
+  older one restores, a training run moves the unreadable newer ones to `WORKDIR/corrupt_checkpoints/`. If
+  none restores, `CheckpointRestoreError`: a run never silently starts again from scratch.
+
+A read-only Checkpointer (evaluation, sampling, export, warm starts from another run) never writes, moves or
+deletes anything, so it can read the workdir of a run that is still training.
 """
 from __future__ import annotations
 
@@ -12,59 +21,90 @@ import json
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as save_policies
 from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as save_policies
+
+from editdiff.train.state import TrainState
+
+CONFIG_NAME = "config.json"
+PREVIOUS_CONFIG_NAME = "config.previous.json"
+TRAIN_STATE_PARTS = ("step", "params", "opt_state", "ema_params", "model_state")
+_MAX_LISTED = 8  # differing paths listed in a mismatch error before "... and N more"
 
 
 class CheckpointRestoreError(RuntimeError):
-    """Checkpoints exist in the workdir but none of them can be restored."""
+    """Checkpoints exist in the workdir but none of them can be read."""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose stored arrays do not fit the requested structure.
+
+    `differences`: one line per differing path, `path: stored SHAPE, requested SHAPE` (or missing on one
+    side)."""
+
+    def __init__(self, directory: str, step: int, differences: list[str]):
+        self.directory, self.step, self.differences = directory, step, differences
+        super().__init__(f"The checkpoint of step {step} in {directory} does not fit the requested model; "
+                         f"arrays that differ:\n    " + "\n    ".join(self.listed()))
+
+    def listed(self) -> list[str]:
+        """The first differences, then '... and N more'."""
+        more = len(self.differences) - _MAX_LISTED
+        return self.differences[:_MAX_LISTED] + ([f"... and {more} more"] if more > 0 else [])
 
 
-def write_config_json(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes the run's config as `WORKDIR/config.json` (process 0 only) and returns the path. When a
-    previous run in the workdir used a different config, the changed keys are logged as a warning."""
-    path = os.path.join(workdir, "config.json")
-    if jax.process_index() == 0:
-        text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-        if os.path.isfile(path):
-            with open(path) as f:
-                previous, current = _flatten(json.load(f)), _flatten(json.loads(text))
-            changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
-            if changed:
-                logging.warning(
-                    "The config differs from the previous run in %s: %s",
-                    workdir, ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed),
-                )
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    return path
+def state_tree(state: TrainState) -> dict[str, Any]:
+    """The train state as a dict of its parts (what a checkpoint stores, partly restorable by part name)."""
+    return {part: getattr(state, part) for part in TRAIN_STATE_PARTS}
+
+
+def train_state_from_tree(tree: Mapping[str, Any]) -> TrainState:
+    return TrainState(**{part: tree[part] for part in TRAIN_STATE_PARTS})
+
+
+def _stored_shape(leaf: Any) -> tuple:
+    """The shape a leaf has on disk: a typed PRNG key array is stored as its key data."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+    return tuple(leaf.shape)
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    return {path: _stored_shape(leaf) for path, leaf in ocp.tree.to_flat_dict(tree, sep=".").items()
+            if hasattr(leaf, "shape")}
+
+
+def shape_differences(stored: Any, requested: Any) -> list[str]:
+    """`path: stored (..), requested (..)` for every array path whose presence or shape differs."""
+    stored_shapes, requested_shapes = _shapes(stored), _shapes(requested)
+    lines = []
+    for path in sorted(stored_shapes.keys() | requested_shapes.keys()):
+        have, want = stored_shapes.get(path), requested_shapes.get(path)
+        if have != want:
+            lines.append(f"{path}: stored {have if have is not None else 'nothing'}, "
+                         f"requested {want if want is not None else 'nothing'}")
+    return lines
 
 
 class Checkpointer:
     """The run's Orbax CheckpointManager plus restore-with-fallback."""
 
-    def __init__(self, workdir: str, *, keep: int, every: int, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 1, every: int = 1, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.quarantine_directory = os.path.join(os.path.abspath(workdir), "corrupt_checkpoints")
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
+        self.read_only = read_only
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True)
+        else:
+            options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 enable_async_checkpointing=async_save,
                 create=True,
@@ -73,55 +113,100 @@ class Checkpointer:
                 save_decision_policy=save_policies.AnySavePolicy(
                     [save_policies.FixedIntervalPolicy(every), save_policies.PreemptionCheckpointingPolicy()]
                 ),
-            ),
-        )
+            )
+        # An explicit handler: a manager that has not saved in this process (a resumed or read-only one)
+        # must still know how to read metadata and restore parts of the tree.
+        self._manager = ocp.CheckpointManager(self.directory, item_handlers=ocp.PyTreeCheckpointHandler(),
+                                              options=options)
 
     def all_steps(self) -> list[int]:
+        """Steps with a complete checkpoint, ascending (an unfinished or killed save is not among them)."""
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
-    def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    def should_save(self, step: int) -> bool:
+        """Whether the save policy (the interval, a preemption) asks for a checkpoint at `step`."""
+        return self._manager.should_save(step)
+
+    def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
         """Starts saving `state` as `step` if the interval (or `force`) asks and it is not saved yet; returns
         whether a save started. The write finishes in the background."""
         if step in self._manager.all_steps():
             return False
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        return self._manager.save(step, args=ocp.args.PyTreeSave(state_tree(state)), force=force)
 
     def reached_preemption(self, step: int) -> bool:
         """Whether the multi-host preemption service (jax.distributed) asked every process to stop."""
         return self._manager.reached_preemption(step)
 
-    def restore_latest(self, abstract_state: Any) -> Any | None:
-        """The newest readable checkpoint restored into the structure, dtypes and shardings of
-        `abstract_state` (a pytree of jax.ShapeDtypeStruct with sharding), or None when there is none.
+    def stored_structure(self, step: int) -> Any:
+        """The checkpoint's stored tree of array metadata (shape, dtype), read without reading any array.
+        Raises when the metadata cannot be read."""
+        metadata = self._manager.item_metadata(step)
+        tree = getattr(metadata, "tree", metadata)
+        if tree is None:
+            raise FileNotFoundError(f"no readable metadata for step {step} in {self.directory}")
+        return tree
 
-        Each unreadable checkpoint is logged as an error and the previous one tried. Newer unreadable ones
-        are quarantined once an older one restores (the same structure reads, so they are damaged). If none
-        restores, nothing is moved and CheckpointRestoreError lists why each failed (often a changed model or
-        optimiser config rather than damage).
+    def restore(self, step: int, abstract: Mapping[str, Any]) -> dict[str, Any]:
+        """The parts named by `abstract`'s keys (some of TRAIN_STATE_PARTS) of step `step`, restored into the
+        structure, dtypes and shardings of `abstract` (pytrees of jax.ShapeDtypeStruct with sharding).
+        Raises CheckpointMismatchError when the stored shapes differ; other exceptions when unreadable."""
+        stored = self.stored_structure(step)
+        differences = shape_differences({k: stored[k] for k in abstract if k in stored}, abstract)
+        if differences:
+            raise CheckpointMismatchError(self.directory, step, differences)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        return self._manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=dict(abstract), restore_args=restore_args, partial_restore=True))
+
+    def read_part(self, step: int, part: str) -> Any:
+        """One part (e.g. "ema_params") of step `step` as a tree of numpy arrays, in its stored structure."""
+        stored = self.stored_structure(step)[part]
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+        return self._manager.restore(step, args=ocp.args.PyTreeRestore(
+            item={part: stored}, restore_args={part: restore_args}, partial_restore=True))[part]
+
+    def restore_latest(self, abstract: Mapping[str, Any], *, step: int | None = None) -> tuple[int, dict] | None:
+        """(step, parts) of the newest readable checkpoint (or of `step` when given), restored as `restore`
+        does; None when there is none.
+
+        Each unreadable checkpoint is logged as an error and the previous one tried (with `step` given, the
+        error is raised). A writable Checkpointer moves newer unreadable ones to the quarantine directory once
+        an older one restores. A CheckpointMismatchError propagates at once: a checkpoint that does not fit
+        is the config's problem, not damage.
         """
+        if step is not None:
+            if step not in self.all_steps():
+                raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory}; "
+                                        f"there are: {self.all_steps() or 'none'}")
+            return step, self.restore(step, abstract)
         failures = []
-        for step in reversed(self.all_steps()):
+        for candidate in reversed(self.all_steps()):
             try:
-                state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                parts = self.restore(candidate, abstract)
+            except CheckpointMismatchError:
+                raise
             except Exception as error:  # noqa: BLE001 -- any failure to read means: try the previous one
                 logging.error(
-                    "CHECKPOINT AT STEP %d IN %s CANNOT BE RESTORED (%s: %s); falling back to the previous one.",
-                    step, self.directory, type(error).__name__, error,
+                    "CHECKPOINT AT STEP %d IN %s CANNOT BE READ (%s: %s); falling back to the previous one.",
+                    candidate, self.directory, type(error).__name__, str(error).splitlines()[0][:300],
                 )
-                failures.append((step, f"step {step}: {type(error).__name__}: {error}"))
+                failures.append((candidate, f"step {candidate}: {type(error).__name__}: "
+                                            f"{str(error).splitlines()[0][:300]}"))
                 continue
-            for failed_step, _ in failures:
-                self._quarantine(failed_step)
-            logging.info("Restored checkpoint at step %d from %s", step, self.directory)
-            return state
+            if not self.read_only:
+                for failed_step, _ in failures:
+                    self._quarantine(failed_step)
+            logging.info("Restored checkpoint at step %d from %s", candidate, self.directory)
+            return candidate, parts
         if failures:
             raise CheckpointRestoreError(
-                f"No checkpoint in {self.directory} could be restored; refusing to start from scratch over them. "
-                "If the model or optimiser config changed since they were written, compare with config.json "
-                "in the workdir.\n  " + "\n  ".join(reason for _, reason in failures)
+                f"No checkpoint in {self.directory} could be read; refusing to start from scratch over them.\n  "
+                + "\n  ".join(reason for _, reason in failures)
             )
         return None
 
@@ -145,3 +230,50 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.close()
 
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_text(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+
+
+def read_saved_config(workdir: str) -> dict | None:
+    """The config.json of the workdir's last successful start, or None."""
+    path = os.path.join(workdir, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def config_differences(saved: dict | None, config: ml_collections.ConfigDict) -> list[str]:
+    """`key: saved -> now` for every config key whose value differs from the saved config."""
+    if saved is None:
+        return []
+    previous, current = _flatten(saved), _flatten(json.loads(config_text(config)))
+    return [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
+            for k in sorted(previous.keys() | current.keys()) if previous.get(k) != current.get(k)]
+
+
+def write_config_json(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the run's config as `WORKDIR/config.json` (process 0 only; called after a successful restore
+    or a fresh start) and returns the path. A previous config.json that differs is kept as
+    `config.previous.json`, and the changed keys are logged as a warning."""
+    path = os.path.join(workdir, CONFIG_NAME)
+    if jax.process_index() == 0:
+        changed = config_differences(read_saved_config(workdir), config)
+        if changed:
+            logging.warning("The config differs from the previous run in %s: %s", workdir, ", ".join(changed))
+            shutil.copyfile(path, os.path.join(workdir, PREVIOUS_CONFIG_NAME))
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(config_text(config))
+    return path

@@ -1,16 +1,20 @@
 """`train_and_evaluate`: the method-agnostic training loop.
 
-Order of a run: validate the config (before anything compiles), build the mesh, the method's model and the
-train state (restored from the workdir's newest readable checkpoint, else fresh), then for each step: this
-host's batch -> global batch -> jitted step -> finite-loss check -> metrics, checkpoint, hooks, stop request.
+Order of a run: validate the whole config (before anything touches JAX), join the multi-host job, take the
+workdir's lock, build the mesh, the method and the train state (restored from the workdir's newest readable
+checkpoint, else fresh), write config.json, then for each step: the next global batch (already on the
+devices) -> jitted step (dispatched, not awaited) -> at log, checkpoint and evaluation boundaries only: the
+metrics since the last boundary come to the host, non-finite losses stop the run before anything is saved,
+then metrics, checkpoint, evaluators, stop request.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
 import time
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -19,19 +23,19 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from editdiff.methods.base import Method
+from editdiff.methods.base import Evaluator, Method
 from editdiff.train import mesh as mesh_lib
-from editdiff.train.build import build_run_state, create_checkpointer, initialize_distributed, method_from_config
+from editdiff.train.build import build_run_state, create_checkpointer, method_class
 from editdiff.train.checkpoint import write_config_json
-from editdiff.train.config import validate_train_config
+from editdiff.train.config import validate_config
+from editdiff.train.distributed import initialize_distributed
 from editdiff.train.hooks import PeriodicHooks, TrainView
 from editdiff.train.optimizer import create_optimizer, learning_rate_schedule
 from editdiff.train.preemption import StopRequest
 from editdiff.train.step import jit_train_step, make_train_step
+from editdiff.train.workdir_lock import WorkdirLock
 
-# (data_config, *, start_step, process_index, process_count) -> iterator of dicts of numpy arrays, this
-# host's slice of the batch; batch k is a pure function of (seed, k).
-TrainIteratorFactory = Callable[..., Iterator[Mapping[str, np.ndarray]]]
+PREFETCH_BATCHES = 2  # global batches put on the devices ahead of the step that consumes them
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,50 +50,51 @@ class TrainOutcome:
     preempted: bool
 
 
-def _default_train_iterator_factory() -> TrainIteratorFactory:
-    import input_pipeline  # the data package is only needed when the caller brings no batch source
-
-    return input_pipeline.create_train_iterator
-
-
-def _is_due(step: int, every: int, last_step: int) -> bool:
+def is_due(step: int, every: int, last_step: int) -> bool:
+    """Whether a periodic action runs at `step`: every `every` steps (0: never) and at the last step."""
     return step == last_step or (every > 0 and step % every == 0)
 
 
-class _MetricsLog:
-    """Averages per-step host metrics over `log_every` steps, then writes them (with the learning rate) and
-    hands them to the hooks."""
-
-    def __init__(self, train_config, writer, hooks):
-        self._train_config = train_config
-        self._schedule = learning_rate_schedule(train_config)
-        self._writer = writer
-        self._hooks = hooks
-        self._pending: list[dict[str, float]] = []
-
-    def record(self, step: int, metrics: dict[str, float]) -> None:
-        self._pending.append(metrics)
-        if not _is_due(step, self._train_config.log_every, self._train_config.num_steps):
-            return
-        mean = {name: float(np.mean([m[name] for m in self._pending])) for name in metrics}
-        self._pending = []
-        # The rate of the update this step belongs to (with accumulation, possibly still pending).
-        mean["learning_rate"] = float(self._schedule((step - 1) // self._train_config.grad_accum_steps))
-        self._writer.write_scalars(step, mean)
-        for hook in self._hooks:
-            hook.on_metrics(step, mean)
+def device_batches(mesh: jax.sharding.Mesh, host_batches: Iterator[Mapping[str, np.ndarray]]
+                   ) -> Iterator[dict[str, jax.Array]]:
+    """Global batches on the mesh, PREFETCH_BATCHES ahead: the transfer of the next batch overlaps the
+    step that runs on the current one (the step is dispatched asynchronously)."""
+    queue = collections.deque()
+    for batch in host_batches:
+        queue.append(mesh_lib.global_batch(mesh, batch))
+        if len(queue) == PREFETCH_BATCHES:
+            yield queue.popleft()
 
 
-def _host_metrics(metrics: Mapping[str, jax.Array], step: int, checkpointer) -> dict[str, float]:
-    """The step's metrics as Python floats; raises NonFiniteLossError if the loss is NaN or infinite."""
-    metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-    if not math.isfinite(metrics["loss"]):
-        raise NonFiniteLossError(
-            f"Loss is {metrics['loss']} at step {step}; training stopped without saving this state. "
-            f"The newest checkpoint in {checkpointer.directory} (step {checkpointer.latest_step()}) "
-            "is the last good one."
-        )
-    return metrics
+class _PendingMetrics:
+    """Per-step metrics: `add` keeps them on the devices; `check` brings those since the last check to the
+    host in one transfer and raises NonFiniteLossError naming the first step whose loss is not finite;
+    `take` returns (and forgets) the checked ones, for the log."""
+
+    def __init__(self, checkpointer):
+        self._checkpointer = checkpointer
+        self._on_device: list[tuple[int, dict[str, jax.Array]]] = []
+        self._on_host: list[dict[str, float]] = []
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._on_device.append((step, metrics))
+
+    def check(self) -> None:
+        steps = [step for step, _ in self._on_device]
+        host = jax.device_get([metrics for _, metrics in self._on_device])
+        self._on_device = []
+        for step, metrics in zip(steps, host):
+            if not math.isfinite(float(metrics["loss"])):
+                raise NonFiniteLossError(
+                    f"Loss is {float(metrics['loss'])} at step {step}; training stopped without saving this or a "
+                    f"later state. The newest checkpoint in {self._checkpointer.directory} (step "
+                    f"{self._checkpointer.latest_step()}) is the last good one."
+                )
+            self._on_host.append({name: float(value) for name, value in metrics.items()})
+
+    def take(self) -> list[dict[str, float]]:
+        taken, self._on_host = self._on_host, []
+        return taken
 
 
 def _progress_actions(train_config, writer, workdir: str, start_step: int) -> list:
@@ -120,43 +125,54 @@ def _compile_and_log(train_step, state, frozen, batch):
     return compiled
 
 
+def run_evaluators(evaluators: Sequence[Evaluator], model: nnx.Module, step: int, workdir: str, writer) -> dict:
+    """Calls each evaluator on the model in eval mode; returns {name: result}."""
+    model.eval()
+    return {evaluator.name: evaluator(model, step, workdir, writer) for evaluator in evaluators}
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
     method: Method | None = None,
-    create_train_iterator: TrainIteratorFactory | None = None,
     hooks: Sequence[PeriodicHooks] = (),
 ) -> TrainOutcome:
-    """Trains `config.train.num_steps` steps in `workdir`, resuming from its checkpoints.
+    """Trains `config.train.num_steps` steps in `workdir`, resuming from its checkpoints, with the method's
+    data and evaluators.
 
-    method: defaults to the one named by `config.method`. create_train_iterator: defaults to
-    `input_pipeline.create_train_iterator`; called with `config.data`. Returns after the last step, or early
-    (preempted=True) on SIGTERM / preemption with a checkpoint of the last completed step. Raises ValueError
-    for an invalid config before anything compiles, NonFiniteLossError naming the step when the loss is not
-    finite (the newest checkpoint on disk stays the last good one).
+    method: defaults to the one named by `config.method`, constructed after the multi-host job is joined.
+    Returns after the last step, or early (preempted=True) on SIGTERM / preemption with a checkpoint of the
+    last completed step. Raises ValueError for an invalid config before anything is built,
+    WorkdirLockedError when another run trains in `workdir`, ConfigChangedError when its checkpoint does
+    not fit the config, NonFiniteLossError naming the step when the loss is not finite (the newest
+    checkpoint on disk stays the last good one).
     """
-    validate_train_config(config)
+    validate_config(config, type(method) if method is not None else method_class(config))
     initialize_distributed(config)
-    method = method or method_from_config(config)
-    create_train_iterator = create_train_iterator or _default_train_iterator_factory()
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, method or method_class(config)(config), hooks)
+
+
+def _train(config, workdir: str, method: Method, hooks: Sequence[PeriodicHooks]) -> TrainOutcome:
     train_config = config.train
     mesh = mesh_lib.create_mesh(config.mesh)
-    write_config_json(config, workdir)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     optimizer = create_optimizer(train_config)
     checkpointer = create_checkpointer(config, workdir)
+    writer = None
     try:
-        run = build_run_state(config, method, mesh, optimizer, checkpointer)
+        run = build_run_state(config, method, mesh, optimizer, checkpointer, workdir)
+        write_config_json(config, workdir)  # only once the checkpoint (if any) fits this config
+        writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
         parameter_overview.log_parameter_overview(nnx.to_pure_dict(run.state.params), msg="Trainable parameters")
         if jax.tree.leaves(run.frozen):
             parameter_overview.log_parameter_overview(nnx.to_pure_dict(run.frozen), msg="Frozen parameters")
         start_step = int(run.state.step)
-        if start_step >= train_config.num_steps:
-            logging.info("%s already holds step %d of %d: nothing to train.", workdir, start_step,
-                         train_config.num_steps)
+        last_step = train_config.num_steps
+        if start_step >= last_step:
+            logging.info("%s already holds step %d of %d: nothing to train.", workdir, start_step, last_step)
             return TrainOutcome(step=start_step, preempted=False)
-        logging.info("Training steps %d..%d on mesh %s", start_step + 1, train_config.num_steps, dict(mesh.shape))
+        logging.info("Training steps %d..%d on mesh %s", start_step + 1, last_step, dict(mesh.shape))
         train_step = jit_train_step(
             make_train_step(method, run.graphdef, optimizer, seed=config.seed, ema_decay=train_config.ema_decay),
             state_sharding=run.state_sharding,
@@ -164,46 +180,62 @@ def train_and_evaluate(
             batch_sharding=mesh_lib.batch_sharding(mesh),
             replicated=NamedSharding(mesh, PartitionSpec()),
         )
-        batches = create_train_iterator(
-            config.data, start_step=start_step, process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+        host_batches = method.train_batches(start_step=start_step, process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+        batches = device_batches(mesh, host_batches)
+        evaluators = method.evaluators()
         progress = _progress_actions(train_config, writer, workdir, start_step)
-        metrics_log = _MetricsLog(train_config, writer, hooks)
-        last_step = train_config.num_steps
+        schedule = learning_rate_schedule(train_config)
+        pending = _PendingMetrics(checkpointer)
         state, compiled_step, step = run.state, None, start_step
         with StopRequest(enabled=jax.process_count() == 1) as stop_request:
             while step < last_step:
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                    batch = mesh_lib.global_batch(mesh, next(batches))
+                    batch = next(batches)
                     if compiled_step is None:
                         compiled_step = _compile_and_log(train_step, state, run.frozen, batch)
                     state, metrics = compiled_step(state, run.frozen, batch)
                 step += 1
-                metrics = _host_metrics(metrics, step, checkpointer)
+                pending.add(step, metrics)
                 for action in progress:
                     action(step)
-                # Files the input pipeline skipped (corrupt, unreadable), when it counts them.
-                metrics["data/skipped_files"] = float(getattr(batches, "num_skipped", 0))
-                metrics_log.record(step, metrics)
-                checkpointer.save(step, state, force=step == last_step)
-                sample_due = _is_due(step, train_config.sample_every, last_step)
-                eval_due = _is_due(step, train_config.eval_every, last_step)
-                if hooks and (sample_due or eval_due):
-                    view = TrainView(step, method, workdir, writer, dataclasses.replace(run, state=state))
-                    for hook in hooks:
-                        if sample_due:
-                            hook.on_sample(view, batch)
-                        if eval_due:
-                            hook.on_eval(view)
-                if step < last_step and (stop_request.requested or checkpointer.reached_preemption(step)):
+                log_due = is_due(step, train_config.log_every, last_step)
+                save_due = step == last_step or checkpointer.should_save(step)
+                due = [e for e in evaluators if is_due(step, e.every, last_step)]
+                stopping = step < last_step and (stop_request.requested or checkpointer.reached_preemption(step))
+                if not (log_due or save_due or due or stopping):
+                    continue
+                pending.check()  # raises before a non-finite state is saved or evaluated
+                if log_due:
+                    _write_metrics(step, pending.take(), train_config, schedule, host_batches, writer, hooks)
+                    stopping = stopping or (step < last_step and stop_request.requested)
+                if save_due or stopping:
                     checkpointer.save(step, state, force=True)
+                if due:
+                    run_evaluators(due, dataclasses.replace(run, state=state).model(ema=True), step, workdir, writer)
+                if stopping:
                     logging.warning("Stopped at step %d on request; checkpoint saved in %s.", step,
                                     checkpointer.directory)
                     return TrainOutcome(step=step, preempted=True)
+        view = TrainView(step, method, workdir, writer, dataclasses.replace(run, state=state))
+        for hook in hooks:
+            hook.on_end(view)
         return TrainOutcome(step=step, preempted=False)
     finally:
         checkpointer.wait_until_finished()
         checkpointer.close()
-        writer.flush()
+        if writer is not None:
+            writer.flush()
 
+
+def _write_metrics(step, host_metrics, train_config, schedule, host_batches, writer, hooks) -> None:
+    """The mean of the interval's metrics, the learning rate and the skipped-input count, to the writer and
+    the hooks."""
+    mean = {name: float(np.mean([m[name] for m in host_metrics])) for name in host_metrics[-1]}
+    # The rate of the update this step belongs to (with accumulation, possibly still pending).
+    mean["learning_rate"] = float(schedule((step - 1) // train_config.grad_accum_steps))
+    # Files the input pipeline skipped (corrupt, unreadable), when it counts them.
+    mean["data/skipped_files"] = float(getattr(host_batches, "num_skipped", 0))
+    writer.write_scalars(step, mean)
+    for hook in hooks:
+        hook.on_metrics(step, mean)

@@ -1,9 +1,12 @@
 """What `main.py --mode=...` does, as library functions that tests call directly.
 
-    train    train (resuming from WORKDIR's checkpoints) with periodic sample grids and evaluation tables
-    eval     the evaluation tables of the newest checkpoint's EMA model -> WORKDIR/eval/
-    sample   a sample grid of the newest checkpoint's EMA model -> WORKDIR/samples/
+    train    train (resuming from WORKDIR's checkpoints) with the method's periodic evaluators
+    eval     every evaluator of `config.evals` on the newest checkpoint's EMA model -> WORKDIR/eval/, ...
+    sample   the evaluators that write sample grids -> WORKDIR/samples/
     export   the newest checkpoint's EMA model as PyTorch-loadable directories -> WORKDIR/export/
+
+eval, sample and export only read the workdir (no lock, no optimiser state), so they work while a training
+run is writing it.
 """
 from __future__ import annotations
 
@@ -13,48 +16,58 @@ import os
 import jax
 import ml_collections
 from clu import metric_writers
+from flax import nnx
 
-from editdiff.train.build import load_trained_model, method_from_config
-from editdiff.train.edit_reports import EditReports
-from editdiff.train.loop import TrainOutcome, train_and_evaluate
+from editdiff.methods.base import Method
+from editdiff.train import mesh as mesh_lib
+from editdiff.train.build import load_trained_model, method_class
+from editdiff.train.config import validate_config
+from editdiff.train.distributed import initialize_distributed
+from editdiff.train.loop import TrainOutcome, run_evaluators, train_and_evaluate
 
 MODES = ("train", "eval", "sample", "export")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
-    """Trains with sample grids every `train.sample_every` and evaluation every `train.eval_every` steps (and
-    after the last step) on the method's fixed evaluation sets."""
-    method = method_from_config(config)
-    eval_sets = method.eval_sets()
-    hooks = [EditReports(eval_sets, seed=config.seed)] if eval_sets else []
-    return train_and_evaluate(config, workdir, method=method, hooks=hooks)
+    """Trains with the method's evaluators (config.evals)."""
+    return train_and_evaluate(config, workdir)
 
 
-def _report(config: ml_collections.ConfigDict, workdir: str, write):
-    """Restores the newest checkpoint's EMA model and calls `write` (an EditReports writer) on it."""
-    method = method_from_config(config)
-    model, step = load_trained_model(config, workdir, method=method)
+def _restored(config: ml_collections.ConfigDict, workdir: str) -> tuple[Method, nnx.Module, int]:
+    """The method and the newest checkpoint's EMA model, after validating the config and joining the job."""
+    validate_config(config, method_class(config))
+    initialize_distributed(config)
+    method = method_class(config)(config)
+    model, step = load_trained_model(config, workdir, method, mesh_lib.create_mesh(config.mesh))
+    return method, model, step
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str, *, samples_only: bool) -> dict:
+    method, model, step = _restored(config, workdir)
+    evaluators = [e for e in method.evaluators() if e.writes_samples or not samples_only]
+    if not evaluators:
+        raise ValueError(f"config.evals names no {'sample grid ' if samples_only else ''}evaluator of the "
+                         f"{config.method} method; allowed kinds: {', '.join(method.evaluator_kinds)}")
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
-    reports = EditReports(method.eval_sets(), seed=config.seed)
-    result = write(reports, step, workdir, writer, method, model)
+    results = run_evaluators(evaluators, model, step, workdir, writer)
     writer.flush()
-    return result
+    return results
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Writes WORKDIR/eval/step_N.{json,md} for the newest checkpoint's EMA model; returns the scores."""
-    return _report(config, workdir, EditReports.write_tables)
+    """Runs every evaluator on the newest checkpoint's EMA model; returns {evaluator name: its result}."""
+    return _evaluate(config, workdir, samples_only=False)
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes WORKDIR/samples/step_N.png for the newest checkpoint's EMA model; returns its path."""
-    return _report(config, workdir, EditReports.write_grid)
+def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs the sample-grid evaluators on the newest checkpoint's EMA model; returns {name: PNG path}."""
+    return _evaluate(config, workdir, samples_only=True)
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """Exports the newest checkpoint's EMA model to WORKDIR/export/; returns the paths written."""
-    method = method_from_config(config)
-    model, step = load_trained_model(config, workdir, method=method)
+    method, model, step = _restored(config, workdir)
+    model.eval()
     written = method.export(model, os.path.join(workdir, "export"))
     logging.info("Exported step %d: %s", step, ", ".join(written))
     return written

@@ -1,4 +1,5 @@
-"""optax AdamW with linear warm-up, a constant or cosine schedule, gradient clipping and accumulation."""
+"""optax AdamW with linear warm-up, a constant, cosine or staircase-exponential schedule, gradient clipping and
+accumulation."""
 from __future__ import annotations
 
 import jax
@@ -9,27 +10,28 @@ import optax
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
     """Learning rate of the optimiser update that follows `count` earlier updates (an update is
-    grad_accum_steps micro-steps; warmup_steps and num_steps count micro-steps).
+    grad_accum_steps micro-steps; warmup_steps, decay_every and num_steps count micro-steps).
 
-    lr(count) = learning_rate * min(1, (count + 1) / W) * d(count), W = warm-up updates; d = 1 (constant) or
-    the cosine 0.5 * (1 + cos(pi * (count - W) / (T - W))) clipped to [0, 1], T = total updates. The first
-    update already moves (lr / W), and the cosine reaches 0 just after the last update.
+    Linear warm-up over W updates, lr * (count + 1) / W, so the first update already moves; then, counted from
+    the end of the warm-up (optax schedules joined at W):
+      constant     lr
+      cosine       lr * 0.5 * (1 + cos(pi * (count - W) / (T - W))), reaching 0 just after the last update
+      exponential  lr * decay_rate ** floor((count - W) / decay_every)  (staircase: e.g. x0.9 every N steps)
     """
     accum = train_config.grad_accum_steps
     warmup = train_config.warmup_steps // accum
     total = train_config.num_steps // accum
     peak = train_config.learning_rate
-    cosine = train_config.schedule == "cosine"
-
-    def schedule(count):
-        count = jnp.asarray(count, jnp.float32)
-        rate = peak * jnp.minimum(1.0, (count + 1.0) / max(warmup, 1))
-        if cosine:
-            progress = jnp.clip((count - warmup) / max(total - warmup, 1), 0.0, 1.0)
-            rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        return rate
-
-    return schedule
+    if train_config.schedule == "cosine":
+        main = optax.cosine_decay_schedule(peak, decay_steps=max(total - warmup, 1))
+    elif train_config.schedule == "exponential":
+        main = optax.exponential_decay(peak, transition_steps=max(train_config.decay_every // accum, 1),
+                                       decay_rate=train_config.decay_rate, staircase=True)
+    else:
+        main = optax.constant_schedule(peak)
+    if warmup <= 1:
+        return main
+    return optax.join_schedules([optax.linear_schedule(peak / warmup, peak, warmup - 1), main], [warmup])
 
 
 def _decay_mask(params):

@@ -27,18 +27,23 @@ def make_train_step(
 ) -> TrainStep:
     """The un-jitted step: loss and gradients of the trainable params, optimiser update, EMA update.
 
-    The frozen rest is read-only: it enters the loss but gets no gradient. The EMA moves only on micro-steps
-    where the optimiser applied an update (every step without gradient accumulation). Metrics are the
-    method's plus `loss` and `grad_norm` (global norm before clipping).
+    The frozen parameters are read-only: they enter the loss but get no gradient. The model's non-parameter
+    variables (BatchNorm statistics, RNG counters) leave the loss as the method left them and become the
+    next state's. The EMA moves only on micro-steps where the optimiser applied an update (every step
+    without gradient accumulation). Metrics are the method's plus `loss` and `grad_norm` (global norm
+    before clipping).
     """
 
     def train_step(state: TrainState, frozen: nnx.State, batch: Batch):
         rng = step_rng(seed, state.step)
 
         def loss_fn(params):
-            return method.loss(nnx.merge(graphdef, params, frozen), batch, rng)
+            # copy: fresh variables at this trace level, so the loss may update the model state.
+            model = nnx.merge(graphdef, params, state.model_state, frozen, copy=True)
+            loss, metrics = method.loss(model, batch, rng)
+            return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = jax.lax.cond(
@@ -46,7 +51,8 @@ def make_train_step(
             lambda: ema_update(state.ema_params, params, ema_decay),
             lambda: state.ema_params,
         )
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
+                               model_state=model_state)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
