@@ -11,8 +11,8 @@ from flax import nnx
 from editdiff.interop.diffusers_unet import load_unet
 from editdiff.nn.controlnet import ControlNetConfig, ControlNetModel
 from editdiff.nn.layers import Attention
-from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, embed_timesteps
-from unet_testing import SD1_TINY, apply, randomize, to_nchw, to_nhwc
+from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, embed_timesteps, modulation_paths
+from unet_testing import SD1_TINY, apply, randomize, random_modulation, to_nchw, to_nhwc, with_modulated_kernels
 
 PARITY_CONFIGS = {
     # batch 2, non-square latent
@@ -118,6 +118,49 @@ def test_wrong_number_of_down_residuals_is_an_error(sd1):
     _, ours, _ = sd1
     with pytest.raises(ValueError, match="2 down_residuals given, the U-Net has 4 skip connections"):
         ours(jnp.zeros((1, 8, 8, 4)), 1, jnp.zeros((1, 3, 24)), down_residuals=(None, None))
+
+
+def test_modulation_paths_are_the_mid_and_up_block_convs(sd1):
+    _, ours, _ = sd1
+    paths = dict(modulation_paths(ours))
+    # mid: 2 resnets; up: 2 blocks x 2 resnets, one upsampler; two convs per resnet
+    assert len(paths) == 2 * 2 + 2 * 2 * 2 + 1
+    assert paths[("up_blocks", 1, "resnets", 0, "conv1")] == (3, 3, 96, 32)
+    assert paths[("up_blocks", 0, "upsample", "conv")] == (3, 3, 64, 64)
+    assert all(path[0] in ("mid_block", "up_blocks") and "conv_shortcut" not in path for path in paths)
+
+
+def test_zero_modulation_is_bit_identical(sd1):
+    _, ours, _ = sd1
+    sample, timesteps, context = map(jnp.asarray, _inputs(SD1_TINY, (2, 8, 12), 7))
+    zeros = random_modulation(ours, 2, scale=0.0)
+    assert jnp.array_equal(apply(ours, sample, timesteps, context, modulation=zeros),
+                           apply(ours, sample, timesteps, context))
+
+
+def test_modulation_equals_the_materialised_kernels(sd1):
+    _, ours, _ = sd1
+    sample, timesteps, context = map(jnp.asarray, _inputs(SD1_TINY, (1, 8, 12), 7))
+    modulation = random_modulation(ours, 1, seed=4)
+    got = np.asarray(apply(ours, sample, timesteps, context, modulation=modulation))
+    want = np.asarray(apply(with_modulated_kernels(ours, modulation), sample, timesteps, context))
+    error = float(np.abs(got - want).max())
+    print(f"modulated vs materialised kernels: max abs error {error:.3g}")
+    assert np.abs(want - np.asarray(apply(ours, sample, timesteps, context))).max() > 0.1
+    assert error <= 1e-4
+
+
+def test_modulation_of_an_unknown_conv_or_with_wrong_shapes_is_an_error(sd1):
+    _, ours, _ = sd1
+    offsets = random_modulation(ours, 1)[("mid_block", "resnets", 0, "conv1")]
+    with pytest.raises(ValueError, match=r"\('down_blocks', 0, 'resnets', 0, 'conv1'\) is not a conv of the mid or up"):
+        ours(jnp.zeros((1, 8, 8, 4)), 1, jnp.zeros((1, 3, 24)),
+             modulation={("down_blocks", 0, "resnets", 0, "conv1"): offsets})
+    with pytest.raises(ValueError, match=r"\('up_blocks', 1, 'resnets', 0, 'conv1'\): offsets of shapes "
+                                         r"\(\(1, 3, 3, 64\), \(1, 3, 3, 64\)\), expected a \(1, 3, 3, 96\) "
+                                         r"and b \(1, 3, 3, 32\)"):
+        ours(jnp.zeros((1, 8, 8, 4)), 1, jnp.zeros((1, 3, 24)),
+             modulation={("up_blocks", 1, "resnets", 0, "conv1"): offsets})
 
 
 def test_config_round_trips_through_diffusers_dict():

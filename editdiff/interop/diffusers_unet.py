@@ -1,9 +1,12 @@
-"""diffusers UNet2DConditionModel / ControlNetModel directories <-> our Flax models.
+"""diffusers UNet2DConditionModel / ControlNetModel / UNet2DModel directories <-> our Flax models.
 
 The name maps are built by walking the Flax model: one Rule per parameter, spelled with diffusers' keys. Where
 the two differ: Flax `downsample` / `upsample` are diffusers' `downsamplers.0` / `upsamplers.0`, the
-feed-forward's `proj_in` / `proj_out` are `ff.net.0.proj` / `ff.net.2`, attention `to_out` is `to_out.0`, and
-the transformers' proj_in / proj_out are 1x1 convs unless `use_linear_projection`.
+feed-forward's `proj_in` / `proj_out` are `ff.net.0.proj` / `ff.net.2`, attention `to_out` is `to_out.0`, the
+transformers' proj_in / proj_out are 1x1 convs unless `use_linear_projection`, and a SpatialSelfAttention's
+`attention.to_q` etc. sit directly under diffusers' attention (`attentions.0.to_q`). Files written with
+diffusers' former AttentionBlock (the google/ddpm-* checkpoints) name those `query / key / value / proj_attn`;
+loading renames them as diffusers does, export writes today's names.
 """
 from __future__ import annotations
 
@@ -16,11 +19,14 @@ from editdiff.interop.name_map import (Layout, Rule, conv_rules, dense_rules, ex
                                        norm_rules)
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
 from editdiff.nn.controlnet import ControlNetConfig, ControlNetModel
-from editdiff.nn.layers import Attention, ResnetBlock2D
+from editdiff.nn.layers import Attention, ResnetBlock2D, SpatialSelfAttention
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
+from editdiff.nn.unet2d import UNet2DConfig, UNet2DModel
 from editdiff.nn.unet_blocks import DownBlock2D, Transformer2DModel, UpBlock2D
 
 WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# diffusers' former AttentionBlock names -> today's Attention names (diffusers renames them on load too).
+DEPRECATED_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
 def resnet_rules(path: tuple, prefix: str, resnet: ResnetBlock2D) -> list[Rule]:
@@ -56,14 +62,23 @@ def transformer_rules(path: tuple, prefix: str, transformer: Transformer2DModel,
     return rules + dense_rules((*path, "proj_out"), f"{prefix}.proj_out", layout=projection)
 
 
+def spatial_attention_rules(path: tuple, prefix: str, attention: SpatialSelfAttention) -> list[Rule]:
+    """A SpatialSelfAttention <-> diffusers' `Attention` built from a deprecated attention block."""
+    rules = [] if attention.group_norm is None else norm_rules((*path, "group_norm"), f"{prefix}.group_norm")
+    return rules + attention_rules((*path, "attention"), prefix, attention.attention)
+
+
 def block_rules(path: tuple, prefix: str, block, *, linear_projection: bool) -> list[Rule]:
-    """A down, mid or up block: its resnets, its transformers (if any) and its down/upsampler (if any)."""
+    """A down, mid or up block: its resnets, its attentions (if any) and its down/upsampler (if any)."""
     rules = []
     for j, resnet in enumerate(block.resnets):
         rules += resnet_rules((*path, "resnets", j), f"{prefix}.resnets.{j}", resnet)
-    for j, transformer in enumerate(getattr(block, "attentions", None) or ()):
-        rules += transformer_rules((*path, "attentions", j), f"{prefix}.attentions.{j}", transformer,
-                                   linear_projection=linear_projection)
+    for j, attention in enumerate(block.attentions or ()):
+        if isinstance(attention, SpatialSelfAttention):
+            rules += spatial_attention_rules((*path, "attentions", j), f"{prefix}.attentions.{j}", attention)
+        else:
+            rules += transformer_rules((*path, "attentions", j), f"{prefix}.attentions.{j}", attention,
+                                       linear_projection=linear_projection)
     if isinstance(block, DownBlock2D) and block.downsample is not None:
         rules += conv_rules((*path, "downsample", "conv"), f"{prefix}.downsamplers.0.conv")
     if isinstance(block, UpBlock2D) and block.upsample is not None:
@@ -71,23 +86,29 @@ def block_rules(path: tuple, prefix: str, block, *, linear_projection: bool) -> 
     return rules
 
 
-def _encoder_rules(model: UNet2DConditionModel | ControlNetModel) -> list[Rule]:
-    """conv_in, time embedding, down blocks and mid block: the part a U-Net and its ControlNet share."""
-    linear = model.config.use_linear_projection
+def _linear_projection(model) -> bool:
+    # UNet2DModel has no transformers, hence no such setting.
+    return getattr(model.config, "use_linear_projection", False)
+
+
+def _encoder_rules(model: UNet2DConditionModel | ControlNetModel | UNet2DModel) -> list[Rule]:
+    """conv_in, time embedding, down blocks and mid block (if any): the part a U-Net and its ControlNet share."""
+    linear = _linear_projection(model)
     rules = conv_rules(("conv_in",), "conv_in")
     rules += dense_rules(("time_embedding", "linear_1"), "time_embedding.linear_1")
     rules += dense_rules(("time_embedding", "linear_2"), "time_embedding.linear_2")
     for i, block in enumerate(model.down_blocks):
         rules += block_rules(("down_blocks", i), f"down_blocks.{i}", block, linear_projection=linear)
-    return rules + block_rules(("mid_block",), "mid_block", model.mid_block, linear_projection=linear)
+    if model.mid_block is not None:
+        rules += block_rules(("mid_block",), "mid_block", model.mid_block, linear_projection=linear)
+    return rules
 
 
-def unet_rules(model: UNet2DConditionModel) -> list[Rule]:
-    """One Rule per parameter of `model`: Flax path <-> diffusers UNet2DConditionModel state-dict key."""
+def unet_rules(model: UNet2DConditionModel | UNet2DModel) -> list[Rule]:
+    """One Rule per parameter of `model`: Flax path <-> diffusers UNet2DConditionModel / UNet2DModel key."""
     rules = _encoder_rules(model)
     for i, block in enumerate(model.up_blocks):
-        rules += block_rules(("up_blocks", i), f"up_blocks.{i}", block,
-                             linear_projection=model.config.use_linear_projection)
+        rules += block_rules(("up_blocks", i), f"up_blocks.{i}", block, linear_projection=_linear_projection(model))
     return rules + norm_rules(("conv_norm_out",), "conv_norm_out") + conv_rules(("conv_out",), "conv_out")
 
 
@@ -102,6 +123,19 @@ def controlnet_rules(model: ControlNetModel) -> list[Rule]:
     for i in range(len(model.controlnet_down_blocks)):
         rules += conv_rules(("controlnet_down_blocks", i), f"controlnet_down_blocks.{i}")
     return rules + conv_rules(("controlnet_mid_block",), "controlnet_mid_block")
+
+
+def with_current_attention_names(state_dict: dict, rules: list[Rule]) -> dict:
+    """`state_dict` with every former-AttentionBlock key (`P.query.weight`, ...) that stands for a key the rules
+    expect (`P.to_q.weight`) renamed to it; other keys untouched."""
+    renamed = dict(state_dict)
+    for rule in rules:
+        module, _, leaf = rule.torch_key.rpartition(".")
+        for old, new in DEPRECATED_ATTENTION_NAMES.items():
+            legacy = f"{module[:-len(new)]}{old}.{leaf}"
+            if module.endswith(f".{new}") and rule.torch_key not in renamed and legacy in renamed:
+                renamed[rule.torch_key] = renamed.pop(legacy)
+    return renamed
 
 
 def _parse_config(directory, config_cls):
@@ -120,7 +154,8 @@ def _load(directory, config_cls, model_cls, rules_of, *, dtype, attention_implem
     state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
     model = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0), dtype=dtype,
                                              attention_implementation=attention_implementation))
-    load_state_dict(model, state_dict, rules_of(model), source=path)
+    rules = rules_of(model)
+    load_state_dict(model, with_current_attention_names(state_dict, rules), rules, source=path)
     return model
 
 
@@ -153,3 +188,17 @@ def load_controlnet(directory: str | os.PathLike, *, dtype=jnp.float32,
 def export_controlnet(model: ControlNetModel, directory: str | os.PathLike) -> None:
     """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' ControlNetModel loads."""
     export_diffusers_model(model, directory, controlnet_rules)
+
+
+def load_unet2d(directory: str | os.PathLike, *, dtype=jnp.float32,
+                attention_implementation: str | None = None) -> UNet2DModel:
+    """Reads a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors or .bin, with
+    today's attention names or the former AttentionBlock's) into a UNet2DModel computing in `dtype`. Any
+    mismatch is a CheckpointError that names it."""
+    return _load(directory, UNet2DConfig, UNet2DModel, unet_rules, dtype=dtype,
+                 attention_implementation=attention_implementation)
+
+
+def export_unet2d(model: UNet2DModel, directory: str | os.PathLike) -> None:
+    """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' UNet2DModel loads."""
+    export_diffusers_model(model, directory, unet_rules)

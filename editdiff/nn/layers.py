@@ -12,18 +12,39 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editdiff.nn.modulated_conv import Modulation, Offsets, modulation_delta, offsets_at
+
 Dtype = jnp.dtype
 
 
+class ModulatedConv(nnx.Conv):
+    """An nnx.Conv whose kernel can be modulated per sample: `conv(x, (a, b))` convolves sample i with
+    kernel * (1 + a[i, ..., :, None] * b[i, ..., None, :]) (a (B, kh, kw, Cin), b (B, kh, kw, Cout)), the
+    rectifier's weight offsets; `conv(x)` is nnx.Conv's call, unchanged.
+
+    The modulated output is nnx.Conv's own output plus `modulation_delta`, so zero offsets reproduce the
+    unmodulated output bit for bit.
+    """
+
+    def __call__(self, x: jax.Array, offsets: Offsets | None = None) -> jax.Array:
+        y = super().__call__(x)
+        if offsets is None:
+            return y
+        x, kernel, a, b = self.promote_dtype((x, self.kernel[...], *offsets), dtype=self.dtype)
+        return y + modulation_delta(x, kernel, a, b, strides=self.strides, padding=self.padding)
+
+
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
-           dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
-    """A square convolution with PyTorch's explicit symmetric `padding` (not XLA's 'SAME').
+           modulated: bool = False, dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
+    """A square convolution with PyTorch's explicit symmetric `padding` (not XLA's 'SAME'); a ModulatedConv
+    if `modulated` (the convs the rectifier may modulate).
 
     'SAME' pads a stride-2 3x3 conv on an even input (0, 1) where torch pads (1, 1); explicit padding keeps
     the two frameworks numerically identical.
     """
-    return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
-                    padding=((padding, padding), (padding, padding)), dtype=dtype, rngs=rngs)
+    conv = ModulatedConv if modulated else nnx.Conv
+    return conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
+                padding=((padding, padding), (padding, padding)), dtype=dtype, rngs=rngs)
 
 
 def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.GroupNorm:
@@ -74,20 +95,24 @@ class Attention(nnx.Module):
 
 
 class SpatialSelfAttention(nnx.Module):
-    """Self-attention over the H*W positions of an image, as in the VAE / `UNetMidBlock2D` attention:
-    x + to_out(attention(group_norm(x))) divided by `rescale_output_factor`; (B, H, W, C) -> (B, H, W, C).
+    """Self-attention over the H*W positions of an image, as in the VAE and in diffusers' AttnDownBlock2D /
+    AttnUpBlock2D / UNetMidBlock2D: x + to_out(attention(group_norm(x))) divided by `rescale_output_factor`;
+    (B, H, W, C) -> (B, H, W, C). Heads of width `head_dim`; `groups=None` builds no group norm (diffusers'
+    UNet2DModel mid block with resnet_time_scale_shift="scale_shift"); `implementation` as for Attention.
     """
 
-    def __init__(self, channels: int, *, head_dim: int, groups: int, eps: float, rescale_output_factor: float = 1.0,
-                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, head_dim: int, groups: int | None, eps: float,
+                 rescale_output_factor: float = 1.0, implementation: str | None = None, dtype: Dtype = jnp.float32,
+                 rngs: nnx.Rngs):
         self.rescale_output_factor = rescale_output_factor
-        self.group_norm = group_norm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
+        self.group_norm = (None if groups is None
+                           else group_norm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs))
         self.attention = Attention(channels, heads=channels // head_dim, head_dim=head_dim, qkv_bias=True,
-                                   dtype=dtype, rngs=rngs)
+                                   implementation=implementation, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        tokens = self.group_norm(x).reshape(b, h * w, c)
+        tokens = (x if self.group_norm is None else self.group_norm(x)).reshape(b, h * w, c)
         out = self.attention(tokens).reshape(b, h, w, c)
         return (x + out) / self.rescale_output_factor
 
@@ -108,38 +133,55 @@ class FeedForward(nnx.Module):
         return self.proj_out(hidden * jax.nn.gelu(gate, approximate=False))
 
 
-class ResnetBlock2D(nnx.Module):
-    """diffusers' ResnetBlock2D ("default" time-embedding norm), (B, H, W, in) -> (B, H, W, out):
+TIME_EMBEDDING_NORMS = ("default", "scale_shift")
 
-        h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb))[:, None, None]
-        h = conv2(silu(norm2(h)))
-        out = (shortcut(x) + h) / output_scale_factor
+
+class ResnetBlock2D(nnx.Module):
+    """diffusers' ResnetBlock2D, (B, H, W, in) -> (B, H, W, out):
+
+        h = conv1(silu(norm1(x)))
+        h = norm2(h + time_emb_proj(silu(temb)))                  # time_embedding_norm "default"
+        h = norm2(h) * (1 + scale) + shift, [scale, shift] = time_emb_proj(silu(temb))   # "scale_shift"
+        out = (shortcut(x) + conv2(silu(h))) / output_scale_factor
 
     `temb_channels=None` (the VAE) builds no time projection; shortcut is a 1x1 conv when in != out.
+    conv1 and conv2 are ModulatedConvs: `modulation` {("conv1",): (a, b), ("conv2",): (a, b)} modulates them.
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, temb_channels: int | None,
                  groups: int = 32, groups_out: int | None = None, eps: float = 1e-6,
-                 output_scale_factor: float = 1.0, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+                 output_scale_factor: float = 1.0, time_embedding_norm: str = "default",
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        if time_embedding_norm not in TIME_EMBEDDING_NORMS:
+            raise ValueError(f"ResnetBlock2D: time_embedding_norm={time_embedding_norm!r} is not supported; "
+                             f"allowed: {', '.join(map(repr, TIME_EMBEDDING_NORMS))}")
         out_channels = in_channels if out_channels is None else out_channels
         self.output_scale_factor = output_scale_factor
+        self.scale_shift = time_embedding_norm == "scale_shift"
         self.norm1 = group_norm(in_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
-        self.conv1 = conv2d(in_channels, out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.conv1 = conv2d(in_channels, out_channels, 3, padding=1, modulated=True, dtype=dtype, rngs=rngs)
+        temb_out = 2 * out_channels if self.scale_shift else out_channels
         self.time_emb_proj = (None if temb_channels is None
-                              else nnx.Linear(temb_channels, out_channels, dtype=dtype, rngs=rngs))
+                              else nnx.Linear(temb_channels, temb_out, dtype=dtype, rngs=rngs))
         self.norm2 = group_norm(out_channels, groups=groups if groups_out is None else groups_out, eps=eps,
                                 dtype=dtype, rngs=rngs)
-        self.conv2 = conv2d(out_channels, out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.conv2 = conv2d(out_channels, out_channels, 3, padding=1, modulated=True, dtype=dtype, rngs=rngs)
         self.conv_shortcut = (conv2d(in_channels, out_channels, 1, dtype=dtype, rngs=rngs)
                               if in_channels != out_channels else None)
 
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
-        if self.time_emb_proj is not None:
-            if temb is None:
-                raise ValueError("ResnetBlock2D built with temb_channels needs a time embedding `temb` (B, D)")
-            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None, modulation: Modulation | None = None
+                 ) -> jax.Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)), offsets_at(modulation, "conv1"))
+        if self.time_emb_proj is None:
+            h = self.norm2(h)
+        elif temb is None:
+            raise ValueError("ResnetBlock2D built with temb_channels needs a time embedding `temb` (B, D)")
+        elif self.scale_shift:
+            scale, shift = jnp.split(self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :], 2, axis=-1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :])
+        h = self.conv2(jax.nn.silu(h), offsets_at(modulation, "conv2"))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return (shortcut + h) / self.output_scale_factor
 
@@ -181,16 +223,18 @@ def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 class Upsample2D(nnx.Module):
-    """Nearest x2 (or to `output_size`) followed by a 3x3 conv; (B, H, W, C) -> (B, 2H, 2W, out)."""
+    """Nearest x2 (or to `output_size`) followed by a 3x3 conv; (B, H, W, C) -> (B, 2H, 2W, out). The conv is
+    a ModulatedConv: `modulation` {("conv",): (a, b)} modulates it."""
 
     def __init__(self, channels: int, out_channels: int | None = None, *, dtype: Dtype = jnp.float32,
                  rngs: nnx.Rngs):
         self.conv = conv2d(channels, channels if out_channels is None else out_channels, 3, padding=1,
-                           dtype=dtype, rngs=rngs)
+                           modulated=True, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, output_size: tuple[int, int] | None = None,
+                 modulation: Modulation | None = None) -> jax.Array:
         size = (2 * x.shape[1], 2 * x.shape[2]) if output_size is None else tuple(output_size)
-        return self.conv(upsample_nearest(x, size))
+        return self.conv(upsample_nearest(x, size), offsets_at(modulation, "conv"))
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float,

@@ -7,6 +7,9 @@
     h = mid_block(h, emb, context) + mid_residual
     h = up_blocks(h, skips, emb, context)
     eps = conv_out(silu(conv_norm_out(h)))
+
+`modulation` (the rectifier's, METHODS.md §2) modulates the kernels of the mid and up blocks' convs per sample;
+`modulation_paths(unet)` lists the convs it may name.
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from editdiff.nn.layers import TimestepEmbedding, conv2d, group_norm, timestep_embedding
-from editdiff.nn.unet_blocks import (CrossAttentionSpec, DownBlock2D, UNetMidBlock2D, UNetMidBlock2DCrossAttn,
-                                     UpBlock2D)
+from editdiff.nn.layers import ModulatedConv, TimestepEmbedding, conv2d, group_norm, timestep_embedding
+from editdiff.nn.modulated_conv import Modulation, offset_shapes, submodulation
+from editdiff.nn.unet_blocks import AttentionSpec, CrossAttentionSpec, DownBlock2D, UNetMidBlock2D, UpBlock2D
 
 Dtype = jnp.dtype
 
@@ -176,57 +179,128 @@ class UNetConfig:
                 or self.mid_block_type == "UNetMidBlock2DCrossAttn")
 
 
-def build_down_blocks(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
-                      rngs: nnx.Rngs) -> nnx.List:
-    """The encoder stages of a U-Net or ControlNet `config` (both carry diffusers' field names)."""
-    n = len(config.down_block_types)
-    heads = per_block(config.attention_head_dim, n)
+def stack_down_blocks(config, attention: Sequence[AttentionSpec | None], *, temb_channels: int,
+                      time_embedding_norm: str = "default", dtype: Dtype, rngs: nnx.Rngs) -> nnx.List:
+    """The encoder stages of a U-Net-like `config` (diffusers' block_out_channels, layers_per_block,
+    norm_num_groups, norm_eps, downsample_padding), block i with attention `attention[i]`."""
+    n = len(config.block_out_channels)
     layers = per_block(config.layers_per_block, n)
-    transformer_layers = per_block(config.transformer_layers_per_block, n)
     blocks, out_channels = [], config.block_out_channels[0]
-    for i, block_type in enumerate(config.down_block_types):
+    for i in range(n):
         in_channels, out_channels = out_channels, config.block_out_channels[i]
-        spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i],
-                                   attention_implementation) if block_type == "CrossAttnDownBlock2D" else None)
         blocks.append(DownBlock2D(in_channels, out_channels, temb_channels=temb_channels, num_layers=layers[i],
                                   add_downsample=i < n - 1, groups=config.norm_num_groups, eps=config.norm_eps,
-                                  downsample_padding=config.downsample_padding, cross_attention=spec,
-                                  dtype=dtype, rngs=rngs))
+                                  downsample_padding=config.downsample_padding, attention=attention[i],
+                                  time_embedding_norm=time_embedding_norm, dtype=dtype, rngs=rngs))
     return nnx.List(blocks)
 
 
+def stack_up_blocks(config, attention: Sequence[AttentionSpec | None], *, temb_channels: int,
+                    time_embedding_norm: str = "default", dtype: Dtype, rngs: nnx.Rngs) -> nnx.List:
+    """The decoder stages, mirroring the encoder: per-block settings reversed, one more layer per block (the
+    extra layer consumes the downsampler's skip connection); up block i with attention `attention[i]`."""
+    n = len(config.block_out_channels)
+    layers = per_block(config.layers_per_block, n)[::-1]
+    channels = config.block_out_channels[::-1]
+    return nnx.List([
+        UpBlock2D(channels[min(i + 1, n - 1)], channels[max(i - 1, 0)], channels[i], temb_channels=temb_channels,
+                  num_layers=layers[i] + 1, add_upsample=i < n - 1, groups=config.norm_num_groups,
+                  eps=config.norm_eps, attention=attention[i], time_embedding_norm=time_embedding_norm,
+                  dtype=dtype, rngs=rngs)
+        for i in range(n)])
+
+
+def _cross_attention_specs(config, block_types: Sequence[str], attention_implementation: str | None,
+                           reverse: bool = False) -> list[CrossAttentionSpec | None]:
+    """One spec per block of an SD-style `config` ("CrossAttn*" blocks; per-block settings reversed for the
+    decoder), None for blocks without attention."""
+    n = len(block_types)
+    heads = per_block(config.attention_head_dim, n)
+    transformer_layers = per_block(config.transformer_layers_per_block, n)
+    if reverse:
+        heads, transformer_layers = heads[::-1], transformer_layers[::-1]
+    return [CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i], attention_implementation)
+            if block_type.startswith("CrossAttn") else None for i, block_type in enumerate(block_types)]
+
+
+def build_down_blocks(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
+                      rngs: nnx.Rngs) -> nnx.List:
+    """The encoder stages of a U-Net or ControlNet `config` (both carry diffusers' field names)."""
+    specs = _cross_attention_specs(config, config.down_block_types, attention_implementation)
+    return stack_down_blocks(config, specs, temb_channels=temb_channels, dtype=dtype, rngs=rngs)
+
+
 def build_mid_block(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
-                    rngs: nnx.Rngs) -> UNetMidBlock2DCrossAttn | UNetMidBlock2D:
+                    rngs: nnx.Rngs) -> UNetMidBlock2D:
     """The middle stage of a U-Net or ControlNet `config`, as diffusers' `get_mid_block` builds it."""
     n = len(config.down_block_types)
-    channels = config.block_out_channels[-1]
     common = dict(temb_channels=temb_channels, groups=config.norm_num_groups, eps=config.norm_eps,
                   output_scale_factor=config.mid_block_scale_factor, dtype=dtype, rngs=rngs)
     if config.mid_block_type == "UNetMidBlock2DCrossAttn":
         spec = CrossAttentionSpec(per_block(config.attention_head_dim, n)[-1], config.cross_attention_dim,
                                   per_block(config.transformer_layers_per_block, n)[-1], attention_implementation)
-        return UNetMidBlock2DCrossAttn(channels, cross_attention=spec, **common)
-    return UNetMidBlock2D(channels, **common)
+        return UNetMidBlock2D(config.block_out_channels[-1], num_layers=1, attention=spec, **common)
+    return UNetMidBlock2D(config.block_out_channels[-1], num_layers=0, **common)
 
 
 def build_up_blocks(config: UNetConfig, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
                     rngs: nnx.Rngs) -> nnx.List:
-    """The decoder stages, mirroring the encoder: per-block settings reversed, one more layer per block (the
-    extra layer consumes the downsampler's skip connection)."""
-    n = len(config.up_block_types)
-    heads = per_block(config.attention_head_dim, n)[::-1]
-    layers = per_block(config.layers_per_block, n)[::-1]
-    transformer_layers = per_block(config.transformer_layers_per_block, n)[::-1]
-    channels = config.block_out_channels[::-1]
-    blocks = []
-    for i, block_type in enumerate(config.up_block_types):
-        spec = (CrossAttentionSpec(heads[i], config.cross_attention_dim, transformer_layers[i],
-                                   attention_implementation) if block_type == "CrossAttnUpBlock2D" else None)
-        blocks.append(UpBlock2D(channels[min(i + 1, n - 1)], channels[max(i - 1, 0)], channels[i],
-                                temb_channels=temb_channels, num_layers=layers[i] + 1, add_upsample=i < n - 1,
-                                groups=config.norm_num_groups, eps=config.norm_eps, cross_attention=spec,
-                                dtype=dtype, rngs=rngs))
-    return nnx.List(blocks)
+    """The decoder stages of a U-Net `config`."""
+    specs = _cross_attention_specs(config, config.up_block_types, attention_implementation, reverse=True)
+    return stack_up_blocks(config, specs, temb_channels=temb_channels, dtype=dtype, rngs=rngs)
+
+
+def run_down_blocks(blocks: Sequence[DownBlock2D], h: jax.Array, emb: jax.Array, context: jax.Array | None
+                    ) -> tuple[jax.Array, list[jax.Array]]:
+    """The encoder pass from conv_in's output h: (deepest features, every skip connection with h first)."""
+    skips = [h]
+    for block in blocks:
+        h, block_skips = block(h, emb, context)
+        skips.extend(block_skips)
+    return h, skips
+
+
+def run_up_blocks(blocks: Sequence[UpBlock2D], h: jax.Array, skips: Sequence[jax.Array], emb: jax.Array,
+                  context: jax.Array | None, modulation: Modulation | None) -> jax.Array:
+    """The decoder pass: each up block consumes one skip per layer from the end of `skips`; `modulation` holds
+    U-Net paths ("up_blocks", i, ...)."""
+    skips = list(skips)
+    for i, block in enumerate(blocks):
+        block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+        # Upsample to the next skip's size, not 2x, so odd latent sizes line up (diffusers' upsample_size).
+        upsample_size = skips[-1].shape[1:3] if block.upsample is not None else None
+        h = block(h, tuple(block_skips), emb, context, upsample_size, submodulation(modulation, "up_blocks", i))
+    return h
+
+
+MODULATED_STAGES = ("mid_block", "up_blocks")
+
+
+def modulation_paths(unet: nnx.Module) -> list[tuple[tuple, tuple[int, int, int, int]]]:
+    """The convs a U-Net's `modulation` may name, in call order, each with its kernel shape (kh, kw, Cin, Cout):
+    the ModulatedConvs of the mid and up blocks (every resnet's conv1 and conv2, every upsampler's conv).
+
+    Offsets for a conv of kernel shape (kh, kw, Cin, Cout) are a (B, kh, kw, Cin) and b (B, kh, kw, Cout).
+    """
+    return [(tuple(path), tuple(node.kernel_shape)) for path, node in nnx.iter_graph(unet)
+            if isinstance(node, ModulatedConv) and path and path[0] in MODULATED_STAGES]
+
+
+def check_modulation(unet: nnx.Module, modulation: Modulation, batch: int) -> None:
+    """Raises ValueError naming every path of `modulation` that is no modulated conv of `unet`, and every
+    (a, b) whose shapes are not the conv's (B, kh, kw, Cin) and (B, kh, kw, Cout)."""
+    kernel_shapes = dict(modulation_paths(unet))
+    problems = []
+    for path, offsets in modulation.items():
+        if path not in kernel_shapes:
+            problems.append(f"{path!r} is not a conv of the mid or up blocks (see modulation_paths)")
+            continue
+        expected = offset_shapes(batch, kernel_shapes[path])
+        got = tuple(getattr(o, "shape", None) for o in offsets) if isinstance(offsets, (tuple, list)) else None
+        if got != expected:
+            problems.append(f"{path!r}: offsets of shapes {got}, expected a {expected[0]} and b {expected[1]}")
+    if problems:
+        raise ValueError(f"{type(unet).__name__}: modulation does not fit the model: " + "; ".join(problems))
 
 
 def embed_timesteps(time_embedding: TimestepEmbedding, config, timesteps: jax.Array | float, batch: int,
@@ -269,13 +343,15 @@ class UNet2DConditionModel(nnx.Module):
 
     def __call__(self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array | None,
                  *, down_residuals: Sequence[jax.Array | None] | None = None,
-                 mid_residual: jax.Array | None = None) -> jax.Array:
+                 mid_residual: jax.Array | None = None, modulation: Modulation | None = None) -> jax.Array:
         """Predicts (B, H, W, out_channels) in `dtype` from a (B, H, W, in_channels) latent.
 
         timesteps: (B,) or a scalar. encoder_hidden_states: (B, L, cross_attention_dim), may be None only when
         no block has cross-attention. down_residuals: one (B, h, w, c) per skip connection (diffusers'
         ControlNet order, `num_skip_connections(config)` of them; None entries add nothing), added to the skips;
-        mid_residual: (B, h, w, c) added to the mid-block output.
+        mid_residual: (B, h, w, c) added to the mid-block output. modulation: {conv path from
+        `modulation_paths(self)`: (a (B, kh, kw, Cin), b (B, kh, kw, Cout))}, each conv's kernel becoming
+        kernel * (1 + a b^T) per sample; zero offsets change nothing, bit for bit.
         """
         if encoder_hidden_states is None and self.config.has_cross_attention:
             raise ValueError("UNet2DConditionModel: encoder_hidden_states is None but the config has "
@@ -283,25 +359,18 @@ class UNet2DConditionModel(nnx.Module):
         if down_residuals is not None and len(down_residuals) != num_skip_connections(self.config):
             raise ValueError(f"UNet2DConditionModel: {len(down_residuals)} down_residuals given, the U-Net has "
                              f"{num_skip_connections(self.config)} skip connections")
+        if modulation is not None:
+            check_modulation(self, modulation, sample.shape[0])
         context = None if encoder_hidden_states is None else encoder_hidden_states.astype(self.dtype)
         emb = embed_timesteps(self.time_embedding, self.config, timesteps, sample.shape[0], self.dtype)
 
-        h = self.conv_in(sample.astype(self.dtype))
-        skips = [h]
-        for block in self.down_blocks:
-            h, block_skips = block(h, emb, context)
-            skips.extend(block_skips)
+        h, skips = run_down_blocks(self.down_blocks, self.conv_in(sample.astype(self.dtype)), emb, context)
         if down_residuals is not None:
             skips = [s if r is None else s + r.astype(s.dtype) for s, r in zip(skips, down_residuals)]
 
-        h = self.mid_block(h, emb, context)
+        h = self.mid_block(h, emb, context, submodulation(modulation, "mid_block"))
         if mid_residual is not None:
             h = h + mid_residual.astype(h.dtype)
 
-        for block in self.up_blocks:
-            block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            # Upsample to the next skip's size, not 2x, so odd latent sizes line up (diffusers' upsample_size).
-            upsample_size = skips[-1].shape[1:3] if block.upsample is not None else None
-            h = block(h, tuple(block_skips), emb, context, upsample_size)
-
+        h = run_up_blocks(self.up_blocks, h, skips, emb, context, modulation)
         return self.conv_out(jax.nn.silu(self.conv_norm_out(h)))
