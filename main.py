@@ -1,7 +1,7 @@
 """editdiff's entry point: the only file with flags.
 
     python main.py --config configs/multitask.py --workdir runs/demo              # train (default mode)
-    python main.py --config configs/multitask.py:sd15 --config.pretrained=DIR --workdir runs/sd15
+    python main.py --config configs/multitask.py:sd15 --config.pretrained.root=DIR --workdir runs/sd15
     python main.py --config configs/multitask.py --workdir runs/demo --mode=eval   # eval | sample | export
 
 `--config.KEY=VALUE` overrides any config value (e.g. `--config.train.num_steps=200`).

@@ -72,7 +72,7 @@ def _base() -> ml_collections.ConfigDict:
     config.data.seed = config.get_ref("seed")
 
     config.model = ml_collections.ConfigDict()
-    config.model.autoencoder = "patch"  # "patch" (pixel-unshuffle, no weights) | "vae" (config.pretrained/vae)
+    config.model.autoencoder = "patch"  # "patch" (pixel-unshuffle, no weights) | "vae" (config.pretrained.vae, or root/vae)
     config.model.patch_factor = 2
     config.model.conditioning = "cross_attention"  # | "concat" (Palette++)
     config.model.use_task_labels = True
@@ -120,7 +120,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
 
 def _sd15(config: ml_collections.ConfigDict) -> None:
     config.model.autoencoder = "vae"
-    config.model.unet = ml_collections.ConfigDict()  # read from config.pretrained/unet/config.json
+    config.model.unet = ml_collections.ConfigDict()  # the architecture of config.pretrained.unet (or root/unet)
     config.data.crop_size = 256
     config.data.batch_size = 12
     config.compute_dtype = "bfloat16"

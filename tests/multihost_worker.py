@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 from editdiff.train.distributed import initialize_distributed  # noqa: E402
 from editdiff.train.hooks import PeriodicHooks  # noqa: E402
 from editdiff.train.loop import train_and_evaluate  # noqa: E402
-from tiny_method import FEATURES, TinyRegression, tiny_config  # noqa: E402
+from tiny_method import TinyRegression, tiny_config  # noqa: E402
 
 MESH = {"data": 4, "fsdp": 2}
 
@@ -49,37 +49,18 @@ def job_config(num_steps: int):
 
 
 class GlobalBatchRegression(TinyRegression):
-    """TinyRegression whose global batch k is a pure function of (seed, k) alone, of which process p reads
-    rows [p * B/P, (p+1) * B/P): any process count trains on the same global batches, so losses must match
-    a one-process run (tiny_method's own batches depend on the process). Every batch drawn (including
-    those the trainer prefetches) is kept in `drawn`: batch index -> this process's rows."""
+    """TinyRegression keeping every batch this process draws (including those the trainer prefetches) in
+    `drawn`: batch index -> this process's rows."""
 
     def __init__(self, config):
         super().__init__(config)
         self.drawn: dict[int, np.ndarray] = {}
 
-    def init_model(self, rngs):
-        model = super().init_model(rngs)
-        # A bias right before BatchNorm has a zero gradient up to float rounding, which Adam scales up to
-        # learning-rate-sized steps: runs that sum in another order (two processes vs one) drift apart in it.
-        layers = model.head.layers
-        for layer, following in zip(layers, layers[1:]):
-            if isinstance(layer, nnx.Linear) and isinstance(following, nnx.BatchNorm) and layer.bias is not None:
-                layer.bias, layer.use_bias = nnx.data(None), False
-        return model
-
     def train_batches(self, *, start_step: int, process_index: int, process_count: int):
-        data = self.config.data
-        target = np.random.default_rng(data.seed).normal(size=(FEATURES, 2)).astype(np.float32)
-        local_size = data.batch_size // process_count
-        rows = slice(process_index * local_size, (process_index + 1) * local_size)
-        step = start_step
-        while True:
-            x = np.random.default_rng([data.seed, step]).normal(size=(data.batch_size, FEATURES))
-            x = x.astype(np.float32)[rows]
-            self.drawn[step] = x
-            yield {"x": x, "y": x @ target}
-            step += 1
+        for step, batch in enumerate(super().train_batches(start_step=start_step, process_index=process_index,
+                                                           process_count=process_count), start=start_step):
+            self.drawn[step] = batch["x"]
+            yield batch
 
 
 def _as_numbers(value: jax.Array) -> jax.Array:

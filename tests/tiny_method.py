@@ -20,8 +20,11 @@ NUM_STEPS = 6
 
 
 def _head(hidden: int, rngs: nnx.Rngs) -> nnx.Sequential:
-    """Linear, BatchNorm (running statistics), GELU, Dropout (an RNG counter), Linear."""
-    return nnx.Sequential(nnx.Linear(16, hidden, rngs=rngs), nnx.BatchNorm(hidden, momentum=0.5, rngs=rngs),
+    """Linear, BatchNorm (running statistics), GELU, Dropout (an RNG counter), Linear. No bias before the
+    BatchNorm: its gradient would be rounding noise that Adam scales up to learning-rate-sized steps, and runs
+    that sum in another order (several processes, several devices) would drift apart in it."""
+    return nnx.Sequential(nnx.Linear(16, hidden, use_bias=False, rngs=rngs),
+                          nnx.BatchNorm(hidden, momentum=0.5, rngs=rngs),
                           nnx.gelu, nnx.Dropout(0.1, rngs=rngs), nnx.Linear(hidden, 2, rngs=rngs))
 
 
@@ -38,13 +41,15 @@ class TinyRegressor(nnx.Module):
 
 
 def synthetic_batches(data_config, *, start_step, process_index, process_count):
-    """Batch k is a pure function of (seed, k, process); `nan_at_batch` poisons one batch."""
+    """Global batch k is a pure function of (seed, k), of which process p reads rows [p B/P, (p+1) B/P): any
+    process count trains on the same global batches. `nan_at_batch` poisons one batch."""
     target = np.random.default_rng(data_config.seed).normal(size=(FEATURES, 2)).astype(np.float32)
     local_size = data_config.batch_size // process_count
+    rows = slice(process_index * local_size, (process_index + 1) * local_size)
     step = start_step
     while True:
-        x = np.random.default_rng([data_config.seed, step, process_index]).normal(size=(local_size, FEATURES))
-        x = x.astype(np.float32)
+        x = np.random.default_rng([data_config.seed, step]).normal(size=(data_config.batch_size, FEATURES))
+        x = x.astype(np.float32)[rows]
         y = x @ target
         if step == data_config.nan_at_batch:
             x[0, 0] = np.nan

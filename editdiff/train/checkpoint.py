@@ -255,12 +255,15 @@ def read_saved_config(workdir: str) -> dict | None:
 
 
 def config_differences(saved: dict | None, config: ml_collections.ConfigDict) -> list[str]:
-    """`key: saved -> now` for every config key whose value differs from the saved config."""
+    """`key: saved -> now` for every config key whose value differs from the saved config (except
+    `distributed.*`: where the job's coordinator runs changes with every launch and says nothing about the
+    run)."""
     if saved is None:
         return []
     previous, current = _flatten(saved), _flatten(json.loads(config_text(config)))
     return [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
-            for k in sorted(previous.keys() | current.keys()) if previous.get(k) != current.get(k)]
+            for k in sorted(previous.keys() | current.keys())
+            if previous.get(k) != current.get(k) and not k.startswith("distributed.")]
 
 
 def write_config_json(config: ml_collections.ConfigDict, workdir: str) -> str:
