@@ -402,3 +402,33 @@ def test_every_problem_is_listed_at_once(tmp_path):
     for key in ("train.num_steps", "train.decay_rate", "data.batch_size"):
         assert f"config.{key} = " in str(error.value)
 
+
+
+CACHED_RUN = """
+import sys
+sys.path.insert(0, {tests_dir!r})
+import jax
+from editdiff.train.loop import train_and_evaluate
+from tiny_method import TinyRegression, tiny_config
+
+hits = []
+jax.monitoring.register_event_listener(lambda event, **kwargs: hits.append(event)
+                                       if event == "/jax/compilation_cache/cache_hits" else None)
+config = tiny_config()
+config.compilation_cache_dir = {cache!r}
+config.train.num_steps = 2
+train_and_evaluate(config, {workdir!r}, method=TinyRegression(config))
+print("cache hits", len(hits), flush=True)
+"""
+
+
+def test_a_second_run_of_the_same_config_reads_its_programs_from_the_compilation_cache(tmp_path):
+    hits = []
+    for run_index in range(2):
+        script = CACHED_RUN.format(tests_dir=TESTS_DIR, cache=str(tmp_path / "cache"),
+                                   workdir=str(tmp_path / f"run{run_index}"))
+        output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert output.returncode == 0, output.stderr[-2000:]
+        hits.append(int(output.stdout.strip().splitlines()[-1].split()[-1]))
+    assert os.listdir(tmp_path / "cache")
+    assert hits[0] == 0 and hits[1] >= 1  # at least the train step came from the cache

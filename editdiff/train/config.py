@@ -36,6 +36,8 @@ def default_train_config() -> ml_collections.ConfigDict:
     config.seed = 0
     # Parameters are always float32; this is the dtype the method computes activations in.
     config.compute_dtype = "float32"
+    # JAX's persistent compilation cache: "auto" (a user cache dir), a directory, or "" (off).
+    config.compilation_cache_dir = "auto"
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 1000
@@ -161,7 +163,8 @@ def train_sections(evaluator_kinds: tuple[str, ...]) -> list[checks.Section]:
     """The trainer's sections; `evaluator_kinds`: what `config.evals.*.kind` may name (the method's)."""
     return [
         checks.Section("", {"method": checks.string(), "seed": checks.int_at_least(0),
-                            "compute_dtype": checks.one_of(COMPUTE_DTYPES)}, closed=False),
+                            "compute_dtype": checks.one_of(COMPUTE_DTYPES),
+                            "compilation_cache_dir": checks.string()}, closed=False),
         checks.Section("train", _TRAIN_CHECKS, rules=(_accumulation_rules,)),
         checks.Section("mesh", {"data": _MESH_AXIS, "fsdp": _MESH_AXIS, "fsdp_min_size": checks.int_at_least(1)},
                        rules=(_mesh_rules,)),

@@ -1,6 +1,7 @@
 """`train_and_evaluate`: the method-agnostic training loop.
 
-Order of a run: validate the whole config (before anything touches JAX), join the multi-host job, take the
+Order of a run: validate the whole config (before anything touches JAX), point JAX at the persistent
+compilation cache, join the multi-host job, take the
 workdir's lock, build the mesh, the method and the train state (restored from the workdir's newest readable
 checkpoint, else fresh), write config.json, then for each step: the next global batch (already on the
 devices) -> jitted step (dispatched, not awaited) -> at log, checkpoint and evaluation boundaries only: the
@@ -27,6 +28,7 @@ from editdiff.methods.base import Evaluator, Method
 from editdiff.train import mesh as mesh_lib
 from editdiff.train.build import build_run_state, create_checkpointer, method_class
 from editdiff.train.checkpoint import write_config_json
+from editdiff.train.compilation_cache import enable_compilation_cache
 from editdiff.train.config import validate_config
 from editdiff.train.distributed import initialize_distributed
 from editdiff.train.hooks import PeriodicHooks, TrainView
@@ -149,6 +151,7 @@ def train_and_evaluate(
     checkpoint on disk stays the last good one).
     """
     validate_config(config, type(method) if method is not None else method_class(config))
+    enable_compilation_cache(config)
     initialize_distributed(config)
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         return _train(config, workdir, method or method_class(config)(config), hooks)

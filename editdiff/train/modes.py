@@ -21,6 +21,7 @@ from flax import nnx
 from editdiff.methods.base import Method
 from editdiff.train import mesh as mesh_lib
 from editdiff.train.build import load_trained_model, method_class
+from editdiff.train.compilation_cache import enable_compilation_cache
 from editdiff.train.config import validate_config
 from editdiff.train.distributed import initialize_distributed
 from editdiff.train.loop import TrainOutcome, run_evaluators, train_and_evaluate
@@ -36,6 +37,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
 def _restored(config: ml_collections.ConfigDict, workdir: str) -> tuple[Method, nnx.Module, int]:
     """The method and the newest checkpoint's EMA model, after validating the config and joining the job."""
     validate_config(config, method_class(config))
+    enable_compilation_cache(config)
     initialize_distributed(config)
     method = method_class(config)(config)
     model, step = load_trained_model(config, workdir, method, mesh_lib.create_mesh(config.mesh))
