@@ -4,6 +4,11 @@
 
 `--config` is any Python file whose `get_config()` returns a ConfigDict with a `.data` field
 (`path.py:arg` passes `arg` to `get_config`).
+
+The other methods' data have galleries of their own:
+
+    python -m input_pipeline.degradation_preview --out grid.png     # Diff-Plugin's eight degradations
+    python -m input_pipeline.visual_prompt_preview --out grid.png   # visual prompting: hint and target grids
 """
 from __future__ import annotations
 
