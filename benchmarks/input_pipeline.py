@@ -1,6 +1,11 @@
 """Input pipeline throughput: examples/s with the default label mix and with all five effects on every example.
 
     python benchmarks/input_pipeline.py [--crops 64,256] [--batches 4] [--consumption 64=12.5,256=1.1]
+    python benchmarks/input_pipeline.py --grain [--crops 64,256]
+
+`--grain` compares the film grain renderers: the Monte-Carlo one (`film_grain_monte_carlo`, the renderer until
+2026-12-01, at N = 32, the old default, and N = 800, Newson's) against the Gaussian-field one (`film_grain`), as
+ms per example for the effect alone and as pipeline examples/s with all five effects on.
 
 `--consumption` takes the training step's consumption rate (examples/s per crop, measured by the trainer's
 benchmark) and adds the ratio column; the goal is pipeline >= 4x consumption. `pipeline_examples_per_second`
@@ -9,11 +14,13 @@ is the function to call from other benchmarks.
 Measured 2026-11-22 on the shared 2-core CPU box (load average ~4-5 from other jobs), film grain N = 32,
 `python benchmarks/input_pipeline.py --crops 64,256 --batches 4`: crop 64: 94 examples/s (default 'single'
 label mix), 15 examples/s (all five effects on every example); crop 256: 4.4 and 0.9. Film grain dominates
-(~27 ms per 64 px example, ~16x that at 256 px); motion blur is next at 256 px.
+(~27 ms per 64 px example, ~16x that at 256 px); motion blur is next at 256 px. Since 2026-12-01 the grain
+is the Gaussian-field renderer; see benchmarks/RESULTS.md for the `--grain` figures.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -25,8 +32,10 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from input_pipeline import effects  # noqa: E402
 from input_pipeline.config import TASKS, default_data_config, validate_data_config  # noqa: E402
 from input_pipeline.pipeline import create_train_iterator, example_fn  # noqa: E402
+from input_pipeline.effects.film_grain import film_grain, film_grain_monte_carlo  # noqa: E402
 from input_pipeline.sources import create_source  # noqa: E402
 
 
@@ -51,6 +60,51 @@ def pipeline_examples_per_second(data_config: ml_collections.ConfigDict, *, num_
     return num_batches * data_config.batch_size / (time.perf_counter() - start)
 
 
+def grain_ms_per_example(renderer, crop: int, *, repeats: int = 3, **kwargs) -> float:
+    """Median wall ms of one `(crop, crop, 3)` grain rendering at radius 0.05 (after a warm-up call)."""
+    image = tf.constant(np.random.default_rng(0).uniform(size=(crop, crop, 3)).astype(np.float32))
+    render = tf.function(lambda seed: renderer(image, tf.constant(0.05), seed, **kwargs))
+    render(tf.constant([0, 0], tf.int64))
+    times = []
+    for k in range(repeats):
+        start = time.perf_counter()
+        render(tf.constant([k, 1], tf.int64)).numpy()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+@contextlib.contextmanager
+def _pipeline_grain(renderer):
+    """Routes the pipeline's grain (tasks.composite calls `effects.film_grain` at trace time) to `renderer`."""
+    original = effects.film_grain
+    effects.film_grain = renderer
+    try:
+        yield
+    finally:
+        effects.film_grain = original
+
+
+def grain_comparison(crops: list[int], batches: int, batch_size: int) -> None:
+    """Prints the renderers' ms per example and the all-five-effects pipeline rate with each."""
+    renderers = [("monte carlo N=32", film_grain_monte_carlo, 32), ("monte carlo N=800", film_grain_monte_carlo, 800),
+                 ("gaussian field", film_grain, 0)]
+    print(f"{'crop':>5} {'renderer':>18} {'grain ms/example':>17} {'all five examples/s':>20}")
+    for crop in crops:
+        for name, renderer, samples in renderers:
+            slow = samples == 800
+            ms = grain_ms_per_example(renderer, crop, repeats=1 if slow else 3, monte_carlo_samples=samples)
+            rate_text = f"{'-':>20}"
+            if not slow:  # N = 800 would take minutes per batch
+                cfg = default_data_config()
+                cfg.crop_size, cfg.batch_size = crop, batch_size
+                cfg.film_grain.monte_carlo_samples = samples
+                validate_data_config(cfg)
+                with _pipeline_grain(renderer):
+                    rate = pipeline_examples_per_second(cfg, num_batches=batches, all_effects=True)
+                rate_text = f"{rate:20.2f}"
+            print(f"{crop:5d} {name:>18} {ms:17.1f} {rate_text}", flush=True)
+
+
 def _parse_consumption(text: str) -> dict[int, float]:
     pairs = (item.split("=") for item in text.split(",") if item)
     return {int(crop): float(rate) for crop, rate in pairs}
@@ -63,11 +117,21 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--monte_carlo_samples", type=int, default=None, help="film grain; default: the config's")
     parser.add_argument("--consumption", default="", help="training consumption, e.g. 64=12.5,256=1.1 (examples/s)")
+    parser.add_argument("--grain", action="store_true", help="compare the film grain renderers instead")
     args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    if load[0] > 1.0:
+        print(f"WARNING: LOAD AVERAGE {load[0]:.2f} > 1.0: OTHER WORK SHARES THE CPU, THE RATES BELOW ARE LOW AND "
+              "NOISY; RE-RUN ON AN IDLE MACHINE FOR REFERENCE FIGURES", flush=True)
+    crops = [int(c) for c in args.crops.split(",")]
+    if args.grain:
+        grain_comparison(crops, args.batches, args.batch_size)
+        return
     consumption = _parse_consumption(args.consumption)
 
     print(f"{'crop':>5} {'labels':>12} {'grain N':>8} {'examples/s':>11} {'consumption':>12} {'ratio':>6}")
-    for crop in (int(c) for c in args.crops.split(",")):
+    for crop in crops:
         cfg = default_data_config()
         cfg.crop_size = crop
         cfg.batch_size = args.batch_size

@@ -43,6 +43,6 @@ writes results.json (settings, per-image rows, means, set metrics, files not sco
 Also: --metrics clip --clip DIR (cosine similarity of CLIP image embeddings), --set-features clip (KID / FID
 on CLIP image embeddings instead of Inception pool3), --y-channel, --lpips-backbone vgg.
 """
-from eval import depth, distribution, embedding, metrics, multilabel, segmentation, streaming
+from eval import depth, distribution, embedding, grain, metrics, multilabel, segmentation, streaming
 
-__all__ = ["depth", "distribution", "embedding", "metrics", "multilabel", "segmentation", "streaming"]
+__all__ = ["depth", "distribution", "embedding", "grain", "metrics", "multilabel", "segmentation", "streaming"]

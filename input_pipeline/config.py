@@ -55,8 +55,10 @@ def default_data_config() -> ml_collections.ConfigDict:
 
     cfg.film_grain = ml_collections.ConfigDict()
     cfg.film_grain.radii = (0.010, 0.025, 0.050, 0.075, 0.100)  # grain radius sigma, input pixels (paper)
-    cfg.film_grain.filter_sigma = 0.8  # Gaussian filter of the Monte-Carlo rendering, pixels (Newson et al.)
-    cfg.film_grain.monte_carlo_samples = 32  # Newson et al.'s reference code uses 800; see film_grain.py
+    cfg.film_grain.filter_sigma = 0.8  # Gaussian filter of the grain rendering, pixels (Newson et al.)
+    # 0: the grain without rendering noise (Newson's N -> infinity limit); N > 0 adds the rendering noise of
+    # Newson et al.'s code with N samples (theirs uses 800), to mimic data made with it. See film_grain.py.
+    cfg.film_grain.monte_carlo_samples = 0
 
     cfg.sharpen = ml_collections.ConfigDict()
     cfg.sharpen.amount_range = (1.0, 3.0)  # lambda
@@ -148,7 +150,7 @@ def data_problems(cfg: ml_collections.ConfigDict, *, process_count: int = 1) -> 
             or not all(isinstance(r, (int, float)) and 0.0 < r <= 0.1 for r in fg.radii)):
         _fail("film_grain.radii", fg.radii, "a non-empty tuple of radii in (0, 0.1] input pixels")
     _check_positive(_fail, "film_grain.filter_sigma", fg.filter_sigma)
-    _check_positive(_fail, "film_grain.monte_carlo_samples", fg.monte_carlo_samples, integer=True)
+    _check_positive(_fail, "film_grain.monte_carlo_samples", fg.monte_carlo_samples, integer=True, allow_zero=True)
 
     sh = cfg.sharpen
     _check_range(_fail, "sharpen.amount_range", sh.amount_range, 0.0, 10.0)
