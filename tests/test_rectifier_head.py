@@ -21,7 +21,7 @@ from editdiff.heads.rectifier import Rectifier, RectifierConfig
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, check_modulation, modulation_paths
 from editdiff.nn.unet2d import UNet2DConfig, UNet2DModel
 
-SIZE, BATCH = 8, 4
+SIZE, BATCH = 4, 4
 # Pixel model (the paper's backbones are UNet2DModels): no attention, two levels, 8 px.
 UNET2D = UNet2DConfig(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
@@ -37,7 +37,8 @@ UNET_COND = UNetConfig.from_diffusers(dict(
     cross_attention_dim=12, attention_head_dim=2, norm_num_groups=4))
 # One Adam for every optimiser: the transformation is static in the train step, another would recompile it.
 ADAM = optax.adam(3e-3)
-TINY = dict(image_size=SIZE, stage_blocks=(1, 1), base_channels=8, code_dim=16, time_embedding_dim=8)
+TINY = dict(image_size=SIZE, stage_blocks=(1, 1), base_channels=8, subnet_channels=12, code_dim=16,
+            time_embedding_dim=8)
 
 
 def _leaves(tree) -> list[np.ndarray]:
@@ -136,8 +137,10 @@ def test_paths_and_shapes_fit_both_unets():
     for model, channels in ((lambda: UNet2DModel(UNET2D, rngs=nnx.Rngs(0)), 3),
                             (lambda: UNet2DConditionModel(UNET_COND, rngs=nnx.Rngs(0)), 4)):
         unet = nnx.eval_shape(model)
-        config = RectifierConfig(in_channels=2 * channels, **TINY)
-        x = jnp.ones((2, SIZE, SIZE, channels))
+        # 16 px: a 4x4 feature map, so each subnet runs two stride-2 convs down to 1x1.
+        config = RectifierConfig(in_channels=2 * channels, **{**TINY, "image_size": 16})
+        assert config.subnet_downsamples == 2
+        x = jnp.ones((2, 16, 16, channels))
         # Shapes only (eval_shape): check_modulation reads nothing but the offsets' shapes.
         modulation = nnx.eval_shape(lambda: Rectifier(config, modulation_paths(unet), rngs=nnx.Rngs(0))(x, x, t))
         assert list(modulation) == [path for path, _ in modulation_paths(unet)]
@@ -247,6 +250,7 @@ def test_t_changes_the_output_once_trained(overfit, batch):
     (dict(stage_blocks=(3, 0)), r"stage_blocks=\(3, 0\) must be"),
     (dict(base_channels=2.5), r"base_channels=2.5 must be an int"),
     (dict(code_dim=-1), r"code_dim=-1 must be"),
+    (dict(subnet_channels=0), r"subnet_channels=0 must be an int >= 1"),
     (dict(time_embedding_dim=1), r"time_embedding_dim=1 must be an int >= 2"),
     (dict(image_size=(8,)), r"image_size=\(8,\) must be"),
     (dict(stem_stride=4), r"stem_stride=4 must be 1 or 2"),
@@ -277,7 +281,18 @@ def test_bad_layers_and_inputs_are_errors(rectifier_template):
 def test_config_sizes_follow_the_resnet_layout():
     resnet34 = RectifierConfig()  # the paper's: 6 channels at 256 px -> HyperStyle's 16x16x512 map
     assert (resnet34.feature_size, resnet34.feature_channels, resnet34.subnet_downsamples) == ((16, 16), 512, 4)
-    assert RectifierConfig(**TINY).feature_size == (2, 2)
+    assert RectifierConfig(**TINY).feature_size == (1, 1) and RectifierConfig(**TINY).subnet_downsamples == 0
     assert RectifierConfig(image_size=(32, 20), stem_stride=1).feature_size == (4, 3)
     assert RectifierConfig(stage_blocks=[1, 1]).stage_blocks == (1, 1)  # frozen, hashable: static under jit
     hash(RectifierConfig(**TINY))
+
+
+def test_resnet34_layout_and_hyperstyle_subnets():
+    rectifier = nnx.eval_shape(lambda: Rectifier(RectifierConfig(), [(("conv",), (3, 3, 32, 64))], rngs=nnx.Rngs(0)))
+    blocks = rectifier.encoder.blocks
+    assert len(blocks) == 3 + 4 + 6 + 3 and rectifier.encoder.stem_conv.kernel.shape == (7, 7, 6, 64)
+    assert [block.conv1.strides for block in blocks if block.shortcut_conv is not None] == [2, 2, 2]
+    subnet = rectifier.subnets[0]
+    assert [conv.kernel.shape for conv in subnet.convs] == [(3, 3, 512, 256)] + [(3, 3, 256, 256)] * 3 + [
+        (3, 3, 256, 512)]
+    assert subnet.head_a.kernel.shape == (512, 3 * 3 * 32) and subnet.head_b.kernel.shape == (512, 3 * 3 * 64)

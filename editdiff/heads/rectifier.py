@@ -18,7 +18,8 @@ Architecture (the paper's appendix, Fig. 9, following HyperStyle's separable ref
                            base_channels * 2^s) -> shared feature map (B, h, w, base_channels * 2^(S-1))
                         (ResNet-34: stage_blocks (3, 4, 6, 3), base 64, 6 input channels: 16x16x512 at 256 px)
     time embedding   temb = linear_2(silu(linear_1(sinusoid(t))))           (the U-Net's TimestepEmbedding)
-    subnet per layer conv 3x3 + LeakyReLU, then stride-2 conv 3x3 + LeakyReLU until 1x1 -> code (B, code_dim);
+    subnet per layer conv 3x3 to subnet_channels + LeakyReLU, then stride-2 convs 3x3 + LeakyReLU until 1x1, the
+                     last one to code_dim (HyperStyle's refinement block) -> code (B, code_dim);
                      code = leaky_relu(code + time_emb_proj(silu(temb)))     (injected as in a U-Net resnet)
                      a = head_a(code) -> (B, kh, kw, Cin);  b = head_b(code) -> (B, kh, kw, Cout)
                      (Dense heads on the 1x1 code: the paper's "two convolutions" at 1x1, HyperStyle's linears)
@@ -75,7 +76,8 @@ class RectifierConfig:
     stage_blocks:        BasicBlocks per encoder stage: (3, 4, 6, 3) is ResNet-34, (1, 1) a tiny encoder.
     base_channels:       width of the stem and the first stage; stage s has base_channels * 2^s.
     stem_stride:         stride of the 7x7 stem conv (2 as in ResNet / HyperStyle; 1 for small latents).
-    code_dim:            width D of each subnet's convs and 1x1 code (HyperStyle: 512).
+    subnet_channels:     width of a subnet's inner convs (HyperStyle's inner_c: 256 in its separable blocks).
+    code_dim:            width D of a subnet's 1x1 code (HyperStyle: 512).
     time_embedding_dim:  width of the sinusoidal embedding of t (the U-Net's block_out_channels[0]); the time
                          MLP maps it to code_dim.
     batch_norm_momentum: running-average decay of the encoder's BatchNorms (flax convention: 0.9 is torch's 0.1).
@@ -88,6 +90,7 @@ class RectifierConfig:
     stage_blocks: tuple[int, ...] = (3, 4, 6, 3)
     base_channels: int = 64
     stem_stride: int = 2
+    subnet_channels: int = 256
     code_dim: int = 512
     time_embedding_dim: int = 128
     batch_norm_momentum: float = 0.9
@@ -103,7 +106,7 @@ class RectifierConfig:
         def fail(field: str, requirement: str):
             raise ValueError(f"RectifierConfig: {field}={getattr(self, field)!r} {requirement}")
 
-        for field in ("in_channels", "base_channels", "code_dim"):
+        for field in ("in_channels", "base_channels", "subnet_channels", "code_dim"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 1:
                 fail(field, "must be an int >= 1")
         if not _is_int(self.time_embedding_dim) or self.time_embedding_dim < 2:
@@ -206,10 +209,11 @@ class Subnet(nnx.Module):
         kh, kw, cin, cout = kernel_shape
         self.a_shape, self.b_shape = (kh, kw, cin), (kh, kw, cout)
         self.slope = config.leaky_relu_slope
-        d = config.code_dim
-        self.convs = nnx.List([conv2d(config.feature_channels, d, 3, padding=1, dtype=dtype, rngs=rngs)]
-                              + [conv2d(d, d, 3, stride=2, padding=1, dtype=dtype, rngs=rngs)
-                                 for _ in range(config.subnet_downsamples)])
+        d, n = config.code_dim, config.subnet_downsamples
+        # feature_channels -> subnet_channels (stride 1), then n stride-2 convs, the last one to code_dim.
+        widths = [config.feature_channels] + [config.subnet_channels] * n + [d]
+        self.convs = nnx.List([conv2d(w_in, w_out, 3, stride=1 if i == 0 else 2, padding=1, dtype=dtype, rngs=rngs)
+                               for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:]))])
         self.time_emb_proj = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
         a_init = jax.nn.initializers.normal(config.a_init_scale / math.sqrt(d))
         self.head_a = nnx.Linear(d, kh * kw * cin, kernel_init=a_init, dtype=dtype, rngs=rngs)
