@@ -1,0 +1,302 @@
+"""Plain image batches, optionally captioned: the data of latent diffusion training (`configs/ldm.py`).
+
+Sources (`config.data.source.kind`), each with the fixed train / held-out split of `input_pipeline.sources`:
+
+- bundled: the scikit-image photos; captioned, each has the one-line caption in `BUNDLED_CAPTIONS`.
+- folder: every image below a root (recursive). Captioned, an image's caption is the `text` of its line in a
+  `metadata.jsonl` of its folder or a folder above (`{"file_name": path relative to that folder, "text": ...}`,
+  the Hugging Face ImageFolder convention diffusers' text-to-image scripts read), else the first line of a
+  sidecar `NAME.txt` beside `NAME.jpg`; an image without a caption is skipped (and logged) before the split.
+
+Example i of a run (i = step * batch_size + position in the global batch) is a pure function of (seed, i): its
+photo is position i % n of a stateless permutation of epoch i // n (every photo once per epoch), its crop and
+flip come from stateless ops keyed by (seed, i). Host p of P takes positions [p B/P, (p + 1) B/P) of each global
+batch. Batch fields:
+
+    image       (B, crop, crop, 3) float32 in [-1, 1]
+    input_ids   (B, L) int32, the caption's token ids (captioned runs only; `tokenize` gives L)
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Callable, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from editdiff import config_checks as checks
+from input_pipeline.images import UnreadableImage, fit_to_crop, resize_short_side
+from input_pipeline.randomness import example_seed, purpose_seed
+from input_pipeline.sources import BundledSource, FolderSource, Source, list_images, split_paths
+
+SOURCE_KINDS = ("bundled", "folder")
+SMALL_IMAGE_POLICIES = ("upscale", "pad", "skip")
+METADATA_FILE = "metadata.jsonl"
+_PERMUTATION_SALT = 0x1D11  # not the multitask pipeline's: the two pipelines draw unrelated orders
+
+# One short caption per bundled photo (what a person sees in it), for text-conditioned runs without data.
+BUNDLED_CAPTIONS = {
+    "astronaut.png": "a portrait of an astronaut in a white spacesuit in front of a flag",
+    "hubble_deep_field.jpg": "a deep field of distant galaxies in black space",
+    "ihc.png": "a microscope image of stained tissue in brown and blue",
+    "retina.jpg": "a photo of the retina of a human eye, red with dark vessels",
+    "rocket.jpg": "a rocket on a launch pad under a blue sky",
+    "motorcycle_left.png": "a red motorcycle in a room, seen from the left",
+    "motorcycle_right.png": "a red motorcycle in a room, seen from the right",
+    "chelsea.png": "a photo of a tabby cat looking to the side",
+    "coffee.png": "a cup of coffee on a saucer on a wooden table",
+}
+
+Tokenize = Callable[[Sequence[str]], np.ndarray]  # captions -> (N, L) int32 token ids
+
+
+def default_image_data_config() -> ml_collections.ConfigDict:
+    """`config.data` of an image-only (or captioned) run: the bundled photos, 64 px crops of 96 px photos."""
+    cfg = ml_collections.ConfigDict()
+    cfg.source = ml_collections.ConfigDict(dict(kind="bundled", folder="", heldout_per_mille=100))
+    cfg.crop_size = 64
+    cfg.resize_short_side = 96  # >0: resize every photo so its short side has this length, then crop
+    cfg.small_image_policy = "upscale"
+    cfg.random_flip = True
+    cfg.batch_size = 8  # global batch; each host gets batch_size // process_count
+    cfg.seed = 0
+    cfg.num_parallel_calls = -1  # -1: tf.data AUTOTUNE; the order stays deterministic either way
+    cfg.prefetch_batches = 2
+    return cfg
+
+
+def _folder_rules(config) -> list[str]:
+    source, problems = config.data.source, []
+    if source.kind == "folder" and not os.path.isdir(source.folder):
+        problems.append(f"config.data.source.folder = {source.folder!r} is invalid; allowed: an existing "
+                        "directory of images when config.data.source.kind = 'folder'")
+    resize, crop = config.data.resize_short_side, config.data.crop_size
+    if 0 < resize < crop:
+        problems.append(f"config.data.resize_short_side = {resize} is invalid; allowed: 0 (off) or at least "
+                        f"config.data.crop_size = {crop}")
+    return problems
+
+
+def image_data_sections() -> list[checks.Section]:
+    """The `config.data` keys of `default_image_data_config` as validation sections."""
+    return [
+        checks.Section("data", {
+            "crop_size": checks.int_at_least(8),
+            "resize_short_side": checks.int_at_least(0),
+            "small_image_policy": checks.one_of(SMALL_IMAGE_POLICIES),
+            "random_flip": checks.BOOLEAN,
+            "batch_size": checks.int_at_least(1),
+            "seed": checks.int_at_least(0),
+            "num_parallel_calls": ((lambda v: checks.is_int(v) and (v == -1 or v >= 1)),
+                                   "an integer >= 1, or -1 for tf.data AUTOTUNE"),
+            "prefetch_batches": checks.int_at_least(0),
+            "source": checks.ANY,
+        }),
+        checks.Section("data.source", {
+            "kind": checks.one_of(SOURCE_KINDS),
+            "folder": checks.string(),
+            "heldout_per_mille": ((lambda v: checks.is_int(v) and 0 <= v < 1000), "an integer in [0, 1000)"),
+        }, rules=(_folder_rules,)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources with captions.
+
+
+def read_folder_captions(root: str) -> dict[str, str]:
+    """{image path relative to root: caption} from every metadata.jsonl below root and sidecar .txt files;
+    a metadata line wins over a sidecar file, a metadata file nearer the image over one above it."""
+    captions: dict[str, str] = {}
+    for directory, _, files in sorted(os.walk(root), key=lambda entry: entry[0].count(os.sep)):
+        if METADATA_FILE not in files:
+            continue
+        with open(os.path.join(directory, METADATA_FILE), encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    name, text = entry["file_name"], entry["text"]
+                except (ValueError, KeyError, TypeError) as error:
+                    raise ValueError(f"{os.path.join(directory, METADATA_FILE)}:{number}: expected a JSON object "
+                                     f"with 'file_name' and 'text' ({error})") from None
+                captions[os.path.normpath(os.path.relpath(os.path.join(directory, name), root))] = str(text)
+    for path in list_images(root):
+        sidecar = os.path.join(root, os.path.splitext(path)[0] + ".txt")
+        if path not in captions and os.path.isfile(sidecar):
+            with open(sidecar, encoding="utf-8") as f:
+                captions[path] = f.readline().strip()
+    return captions
+
+
+class CaptionFolderSource(FolderSource):
+    """FolderSource of the captioned images only; `captions[i]` belongs to `ids[i]`."""
+
+    def __init__(self, root: str, split: str, heldout_per_mille: int):
+        captions = read_folder_captions(root)
+        paths = list_images(root)
+        uncaptioned = [p for p in paths if p not in captions]
+        Source.__init__(self, split_paths([p for p in paths if p in captions], split, heldout_per_mille))
+        self.root = root
+        for path in uncaptioned:
+            self.skipped.add(os.path.join(root, path), f"no caption ({METADATA_FILE} line or sidecar .txt)")
+        self.captions = [captions[p] for p in self.ids]
+
+
+def create_image_source(source_config: ml_collections.ConfigDict, split: str, *, captioned: bool) -> Source:
+    """The source of `split` ('train' or 'heldout'); captioned sources carry `captions` aligned with `ids`."""
+    if source_config.kind == "bundled":
+        source = BundledSource(split)
+        if captioned:
+            source.captions = [BUNDLED_CAPTIONS[item] for item in source.ids]
+    elif captioned:
+        source = CaptionFolderSource(source_config.folder, split, source_config.heldout_per_mille)
+    else:
+        source = FolderSource(source_config.folder, split, source_config.heldout_per_mille)
+    if not len(source):
+        raise ValueError(f"data config: source.kind={source_config.kind!r} has no {split} images"
+                         + (" with captions" if captioned else "") + " (check the folder and "
+                         "config.data.source.heldout_per_mille)")
+    return source
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Crops.
+
+
+class _CropLoader:
+    """Python side of the pipeline: photo index + crop position -> (crop in [0, 1], index of the photo used).
+    An unusable photo is replaced by the next usable one of the split (its caption follows it)."""
+
+    def __init__(self, source: Source, cfg: ml_collections.ConfigDict):
+        self.source = source
+        self.crop_size = cfg.crop_size
+        self.policy = cfg.small_image_policy
+        self.short_side = cfg.resize_short_side
+        # Resized photos are small; keeping recent ones saves the resize on every crop of a small dataset.
+        self._prepared = functools.lru_cache(maxsize=256)(self._prepare)
+
+    def _prepare(self, index: int) -> np.ndarray:
+        photo, _ = self.source.load(index)
+        if self.short_side:
+            photo = resize_short_side(photo, self.short_side)
+        fitted = fit_to_crop(photo, self.crop_size, self.policy)
+        if fitted is None:
+            self.source.skipped.add(self.source.ids[index], f"smaller than crop_size={self.crop_size}: "
+                                                            f"{photo.shape[:2]}")
+            raise UnreadableImage("too small")
+        return fitted
+
+    def usable(self, index: int) -> tuple[np.ndarray, int]:
+        n = len(self.source)
+        for attempt in range(n):
+            try:
+                return self._prepared((index + attempt) % n), (index + attempt) % n
+            except UnreadableImage:
+                continue
+        raise RuntimeError(f"no usable image among the {n} of this split; skipped: {self.source.skipped.as_dict()}")
+
+    def crop(self, index, fraction) -> tuple[np.ndarray, np.int64]:
+        photo, used = self.usable(int(index))
+        c = self.crop_size
+        height, width = photo.shape[:2]
+        top = min(int(fraction[0] * (height - c + 1)), height - c)
+        left = min(int(fraction[1] * (width - c + 1)), width - c)
+        return np.ascontiguousarray(photo[top:top + c, left:left + c], np.float32), np.int64(used)
+
+
+def _epoch_photo(seed: int, index: tf.Tensor, n: int) -> tf.Tensor:
+    """Example `index`'s photo: position index % n of epoch index // n's stateless permutation."""
+    epoch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, _PERMUTATION_SALT], tf.int64),
+                                                          index // n)
+    return tf.random.experimental.index_shuffle(index % n, epoch_seed, tf.constant(n - 1, tf.int64))
+
+
+def caption_table(source: Source, tokenize: Tokenize) -> np.ndarray:
+    """(n, L) int32 token ids of the source's captions, tokenized once."""
+    return np.asarray(tokenize(list(source.captions)), np.int32)
+
+
+class ImageBatches:
+    """Per-host training batches as dicts of numpy arrays (module docstring); `step` is the next batch's.
+
+    `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. `num_skipped` / `skipped_files` report
+    unusable files met so far.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, tokenize: Tokenize | None = None, start_step: int = 0,
+                 process_index: int = 0, process_count: int = 1):
+        if cfg.batch_size % process_count:
+            raise ValueError(f"config.data.batch_size = {cfg.batch_size} is not a multiple of the process count "
+                             f"{process_count}")
+        self.source = create_image_source(cfg.source, "train", captioned=tokenize is not None)
+        self.step = start_step
+        loader = _CropLoader(self.source, cfg)
+        table = None if tokenize is None else tf.constant(caption_table(self.source, tokenize))
+        crop, n, seed = cfg.crop_size, len(self.source), cfg.seed
+        global_batch, local = cfg.batch_size, cfg.batch_size // process_count
+        first = process_index * local
+
+        def example(position):
+            index = (position // local) * global_batch + first + position % local
+            key = example_seed(seed, index)
+            fraction = tf.random.stateless_uniform([2], purpose_seed(key, "crop"))
+            image, used = tf.numpy_function(loader.crop, [_epoch_photo(seed, index, n), fraction],
+                                            [tf.float32, tf.int64], stateful=False)
+            image.set_shape([crop, crop, 3])
+            if cfg.random_flip:
+                flip = tf.random.stateless_uniform([], purpose_seed(key, "flip")) < 0.5
+                image = tf.where(flip, tf.reverse(image, [1]), image)
+            fields = {"image": image * 2.0 - 1.0}
+            if table is not None:
+                fields["input_ids"] = tf.gather(table, used)
+            return fields
+
+        positions = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max)
+        dataset = positions.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
+        dataset = dataset.batch(local, drop_remainder=True).prefetch(cfg.prefetch_batches)
+        options = tf.data.Options()
+        options.deterministic = True
+        self._iterator = iter(dataset.with_options(options).as_numpy_iterator())
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.step += 1
+        return batch
+
+    @property
+    def skipped_files(self) -> dict[str, str]:
+        return self.source.skipped.as_dict()
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.source.skipped)
+
+
+def fixed_examples(cfg: ml_collections.ConfigDict, split: str, count: int, seed: int, *,
+                   captioned: bool = False) -> dict:
+    """`count` fixed examples of `split` for evaluation: example i is photo i % n of the split (every photo as
+    evenly as count allows), cropped at a position drawn from (seed, i), not flipped.
+
+    Returns {"image": (count, crop, crop, 3) float32 in [-1, 1]} plus "caption": [count strings] if captioned.
+    """
+    source = create_image_source(cfg.source, split, captioned=captioned)
+    loader = _CropLoader(source, cfg)
+    images, captions = [], []
+    for i in range(count):
+        fraction = np.random.default_rng([seed, i, 0x1D11]).uniform(size=2)
+        crop, used = loader.crop(i % len(source), fraction)
+        images.append(crop * 2.0 - 1.0)
+        if captioned:
+            captions.append(source.captions[int(used)])
+    if len(source.skipped):
+        logging.warning("fixed_examples(%s): skipped %s", split, source.skipped.as_dict())
+    return {"image": np.stack(images), **({"caption": captions} if captioned else {})}
