@@ -11,11 +11,12 @@ from. Presets after the colon, modifiers after commas (`configs/ldm.py:sd15,unco
 
       Expect: `runs/ldm/samples/step_NNNNNNN.png` (4 x 4 samples, each row after a training crop) at the
       middle and the end, and `runs/ldm/export/` with unet/, scheduler/, null_context/ and ldm.json, which
-      `config.pretrained.root` of the rectifier and plugin demos accepts. Measured on the shared (busy, load
-      ~2.5) 2-core machine with `--config.train.num_steps=20`: 156 s wall (startup ~30 s, train-step compile
-      49 s, ~0.9 s/step, the final grid's sampler compile + 50 DDIM steps ~45 s), export 13 s; the train step
-      costs ~0.6 CPU-s, so 1000 steps on an idle machine are expected at ~7-8 minutes (not yet measured:
-      lower num_steps if it runs over). Later runs reuse compiled programs from the compilation cache.
+      `config.pretrained.root` of the rectifier and plugin demos accepts. Measured 2026-12-01 on an idle
+      2-core machine (load 1.3 at start): training 624 s wall (1.4-2.3 steps/s, final loss 0.10), export 14 s.
+      NOT YET GOOD: the samples of `runs/ldm/samples/step_0001000.png` are still colour noise although the
+      loss fell from ~1 to 0.10 — the sampling path of this preset (linear schedule, trailing DDIM grid,
+      patch latents) needs debugging before it can serve as a base; the run is also ~40 s over its
+      10-minute budget.
       FID / KID against the held-out photos need pytorch-fid's Inception weights:
       `--config.evals.fid.inception_weights=DIR` (DIR holding pt_inception-2015-12-05-6726825d.pth), then
       `runs/ldm/eval/step_NNNNNNN.md` has the model's row beside `train_images` (the training crops scored the
