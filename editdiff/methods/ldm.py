@@ -67,6 +67,7 @@ from editdiff.diffusion.parameterisation import q_sample
 from editdiff.diffusion.samplers import classifier_free_guidance
 from editdiff.diffusion.schedules import schedule_from_config
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_safetensors
+from editdiff.methods import latents as latents_lib
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
 from editdiff.nn.clip import CLIPTextConfig, CLIPTextTransformer
@@ -310,13 +311,11 @@ class LatentDiffusionModel(nnx.Module):
 
     def encode(self, images: jax.Array) -> jax.Array:
         """z = s * E(x), the posterior mean scaled: (B, H, W, 3) -> (B, h, w, C) float32."""
-        ae = self.autoencoder
-        return (ae.scaling_factor * ae.encode(images).mean).astype(jnp.float32)
+        return latents_lib.encode(self.autoencoder, images)
 
     def decode(self, latents: jax.Array) -> jax.Array:
         """x = D(z / s) clipped to [-1, 1]: (B, h, w, C) -> (B, H, W, 3) float32."""
-        ae = self.autoencoder
-        return jnp.clip(ae.decode(latents / ae.scaling_factor).astype(jnp.float32), -1.0, 1.0)
+        return latents_lib.decode(self.autoencoder, latents)
 
     def context(self, batch_size: int, input_ids: jax.Array | None = None) -> jax.Array:
         """The cross-attention context (B, L, D): the null context broadcast, or the caption's encoding."""

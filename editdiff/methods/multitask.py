@@ -36,6 +36,7 @@ from editdiff.diffusion.losses import diffusion_loss, sample_timesteps
 from editdiff.diffusion.parameterisation import q_sample
 from editdiff.diffusion.schedules import schedule_from_config
 from editdiff.heads.mapping import MappingNetwork
+from editdiff.methods import latents as latents_lib
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
 from editdiff.nn.patch_autoencoder import PatchAutoencoder
@@ -119,13 +120,11 @@ class MultitaskModel(nnx.Module):
 
     def encode(self, images: jax.Array) -> jax.Array:
         """z = s * E(x): the posterior mean, scaled. (B, H, W, 3) -> (B, h, w, latent_channels) float32."""
-        ae = self.autoencoder
-        return (ae.scaling_factor * ae.encode(images).mean).astype(jnp.float32)
+        return latents_lib.encode(self.autoencoder, images)
 
     def decode(self, latents: jax.Array) -> jax.Array:
         """x = D(z / s), clipped to [-1, 1]. (B, h, w, latent_channels) -> (B, H, W, 3) float32."""
-        ae = self.autoencoder
-        return jnp.clip(ae.decode(latents / ae.scaling_factor).astype(jnp.float32), -1.0, 1.0)
+        return latents_lib.decode(self.autoencoder, latents)
 
     def conditions(self, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
         """The image conditions concatenated to z_t (B, h, w, c) and the cross-attention context (or None)."""
