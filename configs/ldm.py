@@ -2,21 +2,22 @@
 from. Presets after the colon, modifiers after commas (`configs/ldm.py:sd15,unconditional`):
 
   demo (the default) — unconditional, the bundled scikit-image photos (7 train, 2 held out) as 32 px thumbnails
-      (short side resized to 40 px, random 32 px crops, flips), the parameter-free patch autoencoder (factor 2:
-      16 x 16 x 12 latents), a small two-level SD-style U-Net (64, 128 channels) with a learned null context,
-      1000 steps; sized for a 2-core CPU in under 10 minutes:
+      (short side resized to 32 px, random 32 px crops along the long side, flips), the parameter-free patch
+      autoencoder (factor 2: 16 x 16 x 12 latents), a small two-level SD-style U-Net (64, 128 channels) with a
+      learned null context, DDPM's linear schedule with x_0 prediction, 800 steps; sized for a 2-core CPU in
+      under 10 minutes:
 
         python main.py --config configs/ldm.py --workdir runs/ldm
         python main.py --config configs/ldm.py --workdir runs/ldm --mode=export
 
-      Expect: `runs/ldm/samples/step_NNNNNNN.png` (4 x 4 samples, each row after a training crop) at the
-      middle and the end, and `runs/ldm/export/` with unet/, scheduler/, null_context/ and ldm.json, which
+      Expect: `runs/ldm/samples/step_NNNNNNN.png` (4 x 4 samples, each row after a training crop) at steps 400
+      and 800, and `runs/ldm/export/` with unet/, scheduler/, null_context/ and ldm.json, which
       `config.pretrained.root` of the rectifier and plugin demos accepts. Measured 2026-12-01 on an idle
-      2-core machine (load 1.3 at start): training 624 s wall (1.4-2.3 steps/s, final loss 0.10), export 14 s.
-      NOT YET GOOD: the samples of `runs/ldm/samples/step_0001000.png` are still colour noise although the
-      loss fell from ~1 to 0.10 — the sampling path of this preset (linear schedule, trailing DDIM grid,
-      patch latents) needs debugging before it can serve as a base; the run is also ~40 s over its
-      10-minute budget.
+      2-core machine (load 0.73 at start): training 8 min 37 s wall (1.93 steps/s over steps 50-800, final
+      loss 0.108); export 32 s, its check of the diffusers U-Net against the JAX one: max abs error 1.3e-6.
+      The samples at step 800 are blurry thumbnails of the training photos (the orange retina disc, the
+      astronaut, the stained cells, the dark starry one): a base that has memorised its seven photos, not a
+      general image model. (With epsilon or v prediction the same budget gives colour noise.)
       FID / KID against the held-out photos need pytorch-fid's Inception weights:
       `--config.evals.fid.inception_weights=DIR` (DIR holding pt_inception-2015-12-05-6726825d.pth), then
       `runs/ldm/eval/step_NNNNNNN.md` has the model's row beside `train_images` (the training crops scored the
@@ -87,17 +88,21 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def _demo(config: ml_collections.ConfigDict) -> None:
-    # 32 px crops of 40 px photos: nearly the whole photo, so samples are recognisable thumbnails; 64 px crops
-    # cost ~4x per step (measured), too slow for the 10-minute CPU budget.
-    config.data.crop_size, config.data.resize_short_side = 32, 40
-    # Patch latents are pixels (std ~0.5, no VAE scaling): DDPM's linear schedule for pixel-space models.
-    config.diffusion.update(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    # The photos' short side resized to the 32 px crop: whole thumbnails (shifted along the long side, flipped),
+    # few enough distinct images that 800 CPU steps learn them; 64 px crops cost ~4x per step (measured).
+    config.data.crop_size = config.data.resize_short_side = 32
+    # Patch latents are pixels (std ~0.5, no VAE scaling): DDPM's linear schedule for pixel-space models, and
+    # x_0 prediction. Measured on this preset (same steps): epsilon and v prediction both still gave colour
+    # noise after 1000 steps (their x_0 estimates at small t keep most of the noise, and epsilon's at
+    # t = 999 is its error times 1 / sqrt(alpha_bar) = 158), while x_0 prediction gave recognisable blurry
+    # thumbnails after 500.
+    config.diffusion.update(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, prediction_type="sample")
     config.sampler.update(num_steps=50, spacing="trailing")
     t = config.train
-    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 1000, 5e-4, 50, "cosine"
+    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 1e-3, 50, "cosine"
     t.ema_decay = 0.99
-    t.log_every, t.checkpoint_every = 50, 500
-    config.evals.samples.every = 500
+    t.log_every, t.checkpoint_every = 50, 400
+    config.evals.samples.every = 400
     config.evals.fid.update(num_images=64, batch_size=16)
 
 

@@ -39,7 +39,9 @@ another method accepts:
                                 the U-Net's `encoder_hidden_states` for every image (unconditional runs;
                                 `load_null_context(DIR)` reads it)
     model_index.json            StableDiffusionPipeline (VAE + text runs only)
-    ldm.json                    the autoencoder (kind, patch factor, scaling factor), conditioning and files
+    ldm.json                    the autoencoder (kind, patch factor, scaling factor), conditioning, files, and
+                                diffusers_max_abs_error: the exported U-Net loaded by diffusers against the JAX
+                                one on a fixed input (also logged; null when torch / diffusers are missing)
 
 A run with `config.pretrained.root = DIR/export` and `config.model.unet = {}` starts from the exported U-Net
 (and, unconditional, from its null context): fine-tuning or a longer run from an ldm base.
@@ -516,6 +518,9 @@ class LDMMethod(Method):
             export_vae(model.autoencoder, written[-1])
             autoencoder = {"kind": "vae", "subfolder": "vae"}
         files = {"unet": "unet", "scheduler": "scheduler"}
+        error = self.exported_unet_error(model, written[0])
+        if error is not None:
+            logging.info("Exported U-Net in diffusers (PyTorch) vs the JAX U-Net: max abs error %.2e", error)
         if self.text:
             for part in ("text_encoder", "tokenizer"):  # frozen: the pretrained directories, unchanged
                 written.append(os.path.join(directory, part))
@@ -530,12 +535,34 @@ class LDMMethod(Method):
             files["null_context"] = NULL_CONTEXT_FILE
         written.append(os.path.join(directory, "ldm.json"))
         _write_json(written[-1], {
-            "method": "ldm", "autoencoder": autoencoder, "scaling_factor": float(model.autoencoder.scaling_factor),
+            "method": "ldm", "diffusers_max_abs_error": error, "autoencoder": autoencoder, "scaling_factor": float(model.autoencoder.scaling_factor),
             "conditioning": self.config.model.conditioning, "files": files,
             "context": ("null_context (1, tokens, cross_attention_dim), repeated over the batch" if not self.text
                         else "text_encoder(tokenizer(caption)).last_hidden_state"),
         })
         return written
+
+
+    def exported_unet_error(self, model: LatentDiffusionModel, unet_directory: str) -> float | None:
+        """Max abs difference of the noise predictions of the exported U-Net loaded by diffusers (PyTorch,
+        float32) and the JAX U-Net, on two fixed random latents at t = 10 and 900 with the run's context (the
+        null context, or the empty caption's encoding); None when torch or diffusers is not installed."""
+        try:
+            import torch
+            from diffusers import UNet2DConditionModel as TorchUNet
+        except ImportError:
+            return None
+        crop = self.config.data.crop_size // self.downsample_factor
+        z_t = jax.random.normal(jax.random.key(0), (2, crop, crop, self.latent_channels), jnp.float32)
+        t = jnp.array([10, 900], jnp.int32)
+        ids = jnp.broadcast_to(jnp.asarray(self.empty_ids), (2, len(self.empty_ids))) if self.text else None
+        context = model.context(2, ids)
+        expected = np.asarray(model.denoise(z_t, t, context), np.float32)
+        unet = TorchUNet.from_pretrained(unet_directory).eval()
+        with torch.no_grad():
+            got = unet(torch.from_numpy(np.array(z_t)).permute(0, 3, 1, 2), torch.from_numpy(np.array(t)),
+                       torch.from_numpy(np.array(context, np.float32))).sample
+        return float(np.abs(got.permute(0, 2, 3, 1).numpy() - expected).max())
 
 
 def load_null_context(export_directory: str) -> np.ndarray:
