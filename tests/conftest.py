@@ -1,13 +1,31 @@
-"""Test-wide settings: CPU only, eight fake host devices for the sharding tests, float32 matmuls."""
+"""Test-wide settings: CPU only, eight fake host devices for the sharding tests, float32 matmuls, and one JAX
+compilation cache per test session."""
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere: the sharded-trainer tests need a (data=4, fsdp=2) mesh.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The session's own cache directory (XDG_CACHE_HOME: where config.compilation_cache_dir = "auto" points), made
+# by the controlling process and inherited by the xdist workers, so that tests compiling the same tiny programs
+# compile them once per session, and no test run reads or fills the user's ~/.cache.
+_SESSION_CACHE = "EDITDIFF_TEST_SESSION_CACHE"
+if _SESSION_CACHE not in os.environ:
+    os.environ[_SESSION_CACHE] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="editdiff-tests-")
 
 import jax  # noqa: E402
 
+from editdiff.train.compilation_cache import AUTO, MIN_COMPILE_SECONDS, cache_directory  # noqa: E402
+
 # Parity tests compare with PyTorch float32; keep XLA's matmuls in full float32 precision.
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_compilation_cache_dir", cache_directory(AUTO))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # the controlling process, after its workers have finished
+        shutil.rmtree(os.environ[_SESSION_CACHE], ignore_errors=True)

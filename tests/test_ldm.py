@@ -245,6 +245,7 @@ def test_text_conditioned_vae_run_trains_samples_and_exports_a_pipeline(sd_parts
     config.sampler.guidance_scale = 2.0
     config.train.num_steps = 1
     del config.evals["fid"]
+    config.evals.samples.update(num_rows=1, num_columns=1)
     method = LDMMethod(config)
 
     # The frozen text encoder reads SD's projection-free CLIPTextModel and matches transformers.
