@@ -1,0 +1,439 @@
+"""The rectifier (seed 001, METHODS.md §2): a hypernetwork R that modulates the mid- and up-block convs of a
+frozen diffusion U-Net per sample and step, trained for high-fidelity reconstruction.
+
+The model (images in [-1, 1], NHWC; the paper's notation, in the latent space of the base's autoencoder):
+
+    z_0 = s * E(x_0)                          the base's frozen autoencoder (patch autoencoder or SD VAE)
+    z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps
+    P_t = x_0 estimate of the frozen U-Net's prediction at (z_t, t)            (no gradient)
+    Delta_t = R(z_0, P_t, t)                  {conv path: (a, b)}, Delta = a * b per kernel tap (eq. 2)
+    theta_hat = theta * (1 + Delta_t)         the modulated U-Net (eq. 1)
+    loss = || target - UNet_theta_hat(z_t, t, c) ||_2^2     reconstruction training; only R trains
+
+`target` is the base's own parameterisation (`config.diffusion.prediction_type`, which must be the base's):
+for the epsilon-prediction backbones of the paper this is its ||eps - eps_theta_hat(x_t)||^2.
+
+Inference (the paper's, for an input image x_0): DDIM inversion of z_0 with the frozen U-Net to z_T, then the
+DDIM reverse pass in which every step runs the frozen U-Net for P_t, R for the offsets and the modulated U-Net
+for the update. The frozen arm runs the same reverse pass without R.
+
+The base is an export of `configs/ldm.py` (`--mode=export`, read through `config.pretrained.root`): its
+ldm.json names the autoencoder, unet/ the U-Net, null_context/ the context of an unconditional base.
+
+`config.model.modulate` names the blocks whose convs R modulates: the paper's ("mid_block", "up_blocks"), or
+fewer. `config.model.rectifier` holds RectifierConfig's sizes (editdiff/heads/rectifier.py).
+
+Batch fields (`input_pipeline.captions`): `image` (B, H, W, 3) float32 in [-1, 1].
+
+Evaluators (`config.evals.NAME.kind`):
+
+    reconstruction   on `num_images` held-out photos, for every step count N of `num_steps` (the paper's Table
+                     1 at 10, 20, 50): invert with N DDIM steps and sample back with N, with the frozen U-Net
+                     (arm `frozen`) and with the rectified one (arm `rectified`); set `reconstruction_N`,
+                     metrics on [0, 1] images: L1, L2 (mean squared error), SSIM, LPIPS (when
+                     `lpips_weights` names torchvision's AlexNet file), and the posterior-mean gap
+                     ||Delta e||^2: the mean over the N-step grid's timesteps and a fixed noise of
+                     ||eps - eps_hat(z_t, t)||^2 per latent element, eps_hat the noise implied by the
+                     prediction at z_t = q_sample(z_0, t, eps) (PDAE's gap between predicted and true posterior
+                     mean, in noise units). Also `WORKDIR/NAME/step_N.png`: source, then frozen and rectified
+                     reconstructions at each N.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from editdiff import config_checks as checks
+from editdiff.diffusion import samplers
+from editdiff.diffusion.config import (default_diffusion_config, default_sampler_config, diffusion_section,
+                                       inversion_settings, loss_settings, sampler_section)
+from editdiff.diffusion.losses import diffusion_loss, sample_timesteps
+from editdiff.diffusion.parameterisation import q_sample, x0_and_eps
+from editdiff.diffusion.schedules import schedule_from_config
+from editdiff.diffusion.timesteps import denoising_timesteps
+from editdiff.heads.rectifier import Rectifier, RectifierConfig
+from editdiff.interop.torch_io import CheckpointError, read_config
+from editdiff.methods import latents as latents_lib
+from editdiff.methods.base import Batch, Evaluator, FlatState, Method
+from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
+from editdiff.nn.patch_autoencoder import PatchAutoencoder
+from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, modulation_paths
+from editdiff.pretrained import pretrained_path, pretrained_section
+from input_pipeline import captions as data
+
+# The paper's: the convs of the middle and up-sampling blocks (`modulation_paths`); `config.model.modulate`
+# may name fewer (e.g. ("mid_block",) for an ablation or a small test).
+MODULATED_BLOCKS = ("mid_block", "up_blocks")
+LDM_FILE = "ldm.json"
+SCHEDULER_FILE = os.path.join("scheduler", "scheduler_config.json")
+# config.diffusion keys that must equal the base's scheduler config: the schedule it was trained with.
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+                  "rescale_betas_zero_snr")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config.
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """`config.model`: the rectifier's sizes (RectifierConfig fields; in_channels and image_size derive from
+    the base's latent space)."""
+    defaults = RectifierConfig()
+    return ml_collections.ConfigDict(dict(modulate=MODULATED_BLOCKS, rectifier=ml_collections.ConfigDict(dict(
+        stage_blocks=defaults.stage_blocks, base_channels=defaults.base_channels, stem_stride=defaults.stem_stride,
+        subnet_channels=defaults.subnet_channels, code_dim=defaults.code_dim,
+        time_embedding_dim=defaults.time_embedding_dim, batch_norm_momentum=defaults.batch_norm_momentum,
+        a_init_scale=defaults.a_init_scale, leaky_relu_slope=defaults.leaky_relu_slope))))
+
+
+def rectifier_diffusion_config() -> ml_collections.ConfigDict:
+    """`config.diffusion` with the paper's L2 noise loss (the schedule keys must be the base's)."""
+    config = default_diffusion_config()
+    config.loss = "l2"
+    return config
+
+
+def rectifier_sampler_config() -> ml_collections.ConfigDict:
+    """`config.sampler`: DDIM (inversion and the reverse pass), fixed-point iterations of the inversion."""
+    config = default_sampler_config(inversion=True)
+    del config["blend_known_region"]
+    return config
+
+
+_RECONSTRUCTION_DEFAULTS = dict(num_steps=(10, 20, 50), num_images=8, batch_size=8, seed=0, lpips_weights="",
+                                grid_images=4)
+
+
+def reconstruction_entry(every: int = 0, **settings) -> ml_collections.ConfigDict:
+    """A `config.evals.NAME` entry of kind "reconstruction" with its defaults."""
+    return ml_collections.ConfigDict(dict(kind="reconstruction", every=every,
+                                          **{**_RECONSTRUCTION_DEFAULTS, **settings}))
+
+
+_STEP_COUNTS: checks.Check = ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                               and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)),
+                              "a non-empty tuple of step counts >= 1")
+_RECONSTRUCTION_CHECKS = {
+    "kind": checks.ANY, "every": checks.ANY, "num_steps": _STEP_COUNTS, "num_images": checks.int_at_least(1),
+    "batch_size": checks.int_at_least(1), "seed": checks.int_at_least(0), "grid_images": checks.int_at_least(0),
+    "lpips_weights": checks.string(),
+}
+_MODULATE: checks.Check = ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                            and all(b in MODULATED_BLOCKS for b in v)),
+                           f"a non-empty tuple of {', '.join(repr(b) for b in MODULATED_BLOCKS)}")
+_RECTIFIER_CHECKS = {
+    "stage_blocks": ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                      and all(isinstance(n, int) and n >= 1 for n in v)), "a non-empty tuple of ints >= 1"),
+    "base_channels": checks.int_at_least(1), "stem_stride": checks.one_of((1, 2)),
+    "subnet_channels": checks.int_at_least(1), "code_dim": checks.int_at_least(1),
+    "time_embedding_dim": checks.int_at_least(2), "batch_norm_momentum": checks.number_in(0, 0.999999),
+    "a_init_scale": ((lambda v: checks.is_number(v) and v > 0), "a number > 0"),
+    "leaky_relu_slope": checks.number_at_least(0),
+}
+
+
+def _sampler_section() -> checks.Section:
+    shared = sampler_section(inversion=True)
+    table = {key: check for key, check in shared.checks.items() if key != "blend_known_region"}
+    ddim_only = (lambda config: [] if config.sampler.name == "ddim" else [
+        f"config.sampler.name = {config.sampler.name!r} is invalid; allowed: 'ddim' (the rectifier inverts "
+        "with DDIM and samples back on the same grid)"])
+    return checks.Section("sampler", table, rules=(*shared.rules, ddim_only))
+
+
+def read_base(root: str) -> dict[str, Any]:
+    """The base's ldm.json (an export of configs/ldm.py). CheckpointError when it is missing or not one."""
+    path = os.path.join(root, LDM_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{root}: no {LDM_FILE}; config.pretrained.root must be a `configs/ldm.py` export "
+                              "(python main.py --config configs/ldm.py --workdir W --mode=export writes W/export)")
+    with open(path) as f:
+        base = json.load(f)
+    if base.get("conditioning") != "unconditional":
+        raise CheckpointError(f"{path}: conditioning={base.get('conditioning')!r}; the rectifier runs on an "
+                              "unconditional base (a learned null context) so far")
+    return base
+
+
+def _null_context_shape(root: str, base: dict[str, Any]) -> tuple[int, ...]:
+    """(1, tokens, cross_attention_dim) of the base's null context, read from the file's header."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(root, base["files"]["null_context"]), "np") as f:
+        return tuple(f.get_slice("null_context").get_shape())
+
+
+def _base_rule(config) -> list[str]:
+    """The base directory exists, is an unconditional ldm export, and config.diffusion is its schedule."""
+    root = config.pretrained.root
+    if not root:
+        return ["config.pretrained.root = '' is invalid; allowed: the export directory of a configs/ldm.py run"]
+    try:
+        read_base(root)
+    except CheckpointError as error:
+        return [f"config.pretrained.root: {error}"]
+    scheduler = os.path.join(root, SCHEDULER_FILE)
+    if not os.path.isfile(scheduler):
+        return [f"config.pretrained.root: {scheduler} is missing (the base's training schedule)"]
+    with open(scheduler) as f:
+        saved = json.load(f)
+    return [f"config.diffusion.{key} = {config.diffusion[key]!r} is invalid; allowed: the base's {saved[key]!r} "
+            f"({scheduler})" for key in _SCHEDULE_KEYS
+            if key in saved and config.diffusion[key] != saved[key]
+            and not (isinstance(saved[key], float) and np.isclose(config.diffusion[key], saved[key]))]
+
+
+def _evals_rule(config) -> list[str]:
+    problems = []
+    for name, entry in config.evals.items():
+        if isinstance(entry, ml_collections.ConfigDict) and entry.get("kind") == "reconstruction":
+            problems += checks.Section(f"evals.{name}", _RECONSTRUCTION_CHECKS).problems(config)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model.
+
+
+class RectifiedModel(nnx.Module):
+    """The base's frozen autoencoder, U-Net and null context, and the trainable rectifier R."""
+
+    def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, null_context: nnx.Param,
+                 rectifier: Rectifier):
+        self.autoencoder = autoencoder
+        self.unet = unet
+        self.null_context = null_context
+        self.rectifier = rectifier
+
+    def encode(self, images: jax.Array) -> jax.Array:
+        return latents_lib.encode(self.autoencoder, images)
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        return latents_lib.decode(self.autoencoder, latents)
+
+    def _context(self, batch_size: int) -> jax.Array:
+        null = self.null_context[...]
+        return jnp.broadcast_to(null, (batch_size, *null.shape[1:]))
+
+    def frozen_prediction(self, z_t: jax.Array, t: jax.Array) -> jax.Array:
+        """The frozen U-Net's prediction (the schedule's type) at (z_t (B, h, w, C), t (B,)), float32."""
+        return self.unet(z_t, t, self._context(z_t.shape[0])).astype(jnp.float32)
+
+    def rectified_prediction(self, schedule, z_t: jax.Array, t: jax.Array, z_0: jax.Array) -> jax.Array:
+        """The modulated U-Net's prediction: P_t, the x_0 estimate of the frozen prediction under `schedule`
+        (no gradient), Delta_t = R(z_0, P_t, t), then UNet_theta_hat(z_t, t). All (B, h, w, C) float32; t (B,)."""
+        frozen = jax.lax.stop_gradient(self.frozen_prediction(z_t, t))
+        estimate, _ = x0_and_eps(schedule, z_t, t, frozen)
+        modulation = self.rectifier(z_0, estimate, t)
+        return self.unet(z_t, t, self._context(z_t.shape[0]), modulation=modulation).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The method.
+
+
+class RectifierMethod(Method):
+    """Reconstruction training of the rectifier on a frozen ldm base (module docstring)."""
+
+    evaluator_kinds = ("reconstruction",)
+
+    @classmethod
+    def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
+        base = [checks.Section("model", {"rectifier": checks.ANY, "modulate": _MODULATE}),
+                checks.Section("model.rectifier", _RECTIFIER_CHECKS),
+                diffusion_section(), _sampler_section(), *data.image_data_sections(),
+                pretrained_section(require=("unet",))]
+        rules = [] if any(s.problems(config) for s in base) else [_base_rule, _evals_rule]
+        return [*base, checks.Section("", {}, closed=False, rules=tuple(rules))]
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.schedule = schedule_from_config(config.diffusion)
+        self.dtype = jnp.dtype(config.compute_dtype)
+        self.base = read_base(config.pretrained.root)
+        self.unet_config = UNetConfig.from_diffusers(read_config(pretrained_path(config, "unet")))
+        self.null_context_shape = _null_context_shape(config.pretrained.root, self.base)
+        self.sample_function = ModelFunction(self.sample)
+
+    def _autoencoder(self, rngs: nnx.Rngs) -> nnx.Module:
+        autoencoder = self.base["autoencoder"]
+        if autoencoder["kind"] == "patch":
+            return PatchAutoencoder(autoencoder["factor"])
+        from editdiff.nn.vae import AutoencoderKL, VAEConfig
+
+        return AutoencoderKL(VAEConfig.from_diffusers(read_config(pretrained_path(self.config, "vae"))),
+                             rngs=rngs, dtype=self.dtype)
+
+    def init_model(self, rngs: nnx.Rngs) -> RectifiedModel:
+        autoencoder = self._autoencoder(rngs)
+        unet = UNet2DConditionModel(self.unet_config, rngs=rngs, dtype=self.dtype)
+        # The export's null context (its values come from pretrained_state).
+        null_context = nnx.Param(jnp.zeros(self.null_context_shape, jnp.float32))
+        factor = autoencoder.downsample_factor
+        rectifier_config = RectifierConfig(**self.config.model.rectifier.to_dict(),
+                                           in_channels=2 * self.unet_config.in_channels,
+                                           image_size=self.config.data.crop_size // factor)
+        layers = [(path, shape) for path, shape in modulation_paths(unet) if path[0] in self.config.model.modulate]
+        rectifier = Rectifier(rectifier_config, layers, rngs=rngs, dtype=self.dtype)
+        return RectifiedModel(autoencoder, unet, null_context, rectifier)
+
+    def pretrained_state(self) -> FlatState:
+        from editdiff.interop.diffusers_unet import load_unet
+        from editdiff.methods.ldm import load_null_context
+
+        state = {("unet", *p): np.asarray(v[...])
+                 for p, v in nnx.to_flat_state(nnx.state(load_unet(pretrained_path(self.config, "unet")), nnx.Param))}
+        state[("null_context",)] = load_null_context(self.config.pretrained.root)
+        if self.base["autoencoder"]["kind"] == "vae":
+            from editdiff.interop.diffusers_vae import load_vae
+
+            vae = load_vae(pretrained_path(self.config, "vae"))
+            state.update({("autoencoder", *p): np.asarray(v[...])
+                          for p, v in nnx.to_flat_state(nnx.state(vae, nnx.Param))})
+        return state
+
+    @property
+    def trainable(self) -> nnx.filterlib.Filter:
+        return nnx.All(nnx.Param, nnx.PathContains("rectifier"))
+
+    # -- data -----------------------------------------------------------------------------------------
+
+    def train_batches(self, *, start_step: int, process_index: int, process_count: int):
+        return data.ImageBatches(self.config.data, start_step=start_step, process_index=process_index,
+                                 process_count=process_count)
+
+    # -- training and inference -----------------------------------------------------------------------
+
+    def loss(self, model: RectifiedModel, batch: Batch, rng: jax.Array):
+        t_key, noise_key = jax.random.split(rng)
+        z_0 = model.encode(batch["image"])
+        t = sample_timesteps(t_key, z_0.shape[0], self.schedule.num_train_timesteps)
+        noise = jax.random.normal(noise_key, z_0.shape, jnp.float32)
+        z_t = q_sample(self.schedule, z_0, t, noise)
+        prediction = model.rectified_prediction(self.schedule, z_t, t, z_0)
+        loss = diffusion_loss(self.schedule, prediction, z_0, noise, t, **loss_settings(self.config.diffusion))
+        return loss, {}
+
+    def reconstruct(self, model: RectifiedModel, images: jax.Array, num_steps: int, rectified: bool) -> jax.Array:
+        """DDIM inversion of `images` (B, H, W, 3) with the frozen U-Net in `num_steps` steps, then the DDIM
+        reverse pass on the same grid with the rectified (or the frozen) U-Net; (B, H, W, 3) in [-1, 1]."""
+        z_0 = model.encode(images)
+        settings = {**inversion_settings(self.config.sampler), "num_steps": num_steps}
+        z_T = samplers.ddim_invert(model.frozen_prediction, self.schedule, z_0, **settings)
+        if rectified:
+            model_fn = lambda z, t: model.rectified_prediction(self.schedule, z, t, z_0)  # noqa: E731
+        else:
+            model_fn = model.frozen_prediction
+        s = self.config.sampler
+        z = samplers.ddim_sample(model_fn, self.schedule, z_T, num_steps=num_steps, eta=0.0, spacing=s.spacing,
+                                 steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)
+        return model.decode(z)
+
+    def sample(self, model: RectifiedModel, batch: Batch, rng: jax.Array) -> jax.Array:
+        """The rectified reconstructions of `image` with the sampler's step count."""
+        return self.reconstruct(model, batch["image"], self.config.sampler.num_steps, rectified=True)
+
+    def posterior_gap(self, model: RectifiedModel, images: jax.Array, num_steps: int, rectified: bool,
+                      key: jax.Array) -> jax.Array:
+        """||Delta e||^2 per image (B,): the mean over the num_steps-step grid of ||eps - eps_hat(z_t, t)||^2
+        per latent element, one noise eps (from `key`) per image."""
+        z_0 = model.encode(images)
+        noise = jax.random.normal(key, z_0.shape, jnp.float32)
+        s = self.config.sampler
+        grid = denoising_timesteps(self.schedule.num_train_timesteps, num_steps, s.spacing, s.steps_offset)
+
+        def gap_at(t_value):
+            t = jnp.full((z_0.shape[0],), t_value, jnp.int32)
+            z_t = q_sample(self.schedule, z_0, t, noise)
+            prediction = (model.rectified_prediction(self.schedule, z_t, t, z_0) if rectified
+                          else model.frozen_prediction(z_t, t))
+            _, eps = x0_and_eps(self.schedule, z_t, t, prediction)
+            return jnp.mean(jnp.square(eps - noise).reshape(z_0.shape[0], -1), axis=1)
+
+        return jnp.mean(jax.lax.map(gap_at, jnp.asarray(grid, jnp.int32)), axis=0)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+
+    def evaluators(self) -> list[Evaluator]:
+        return [ReconstructionEvaluator(name, entry.every, self, entry) for name, entry in self.config.evals.items()
+                if entry.kind == "reconstruction"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluators.
+
+
+ARMS = ("frozen", "rectified")
+
+
+class ReconstructionEvaluator(Evaluator):
+    """The paper's Table 1 on held-out photos at each step count, frozen beside rectified (module docstring)."""
+
+    writes_samples = True
+
+    def __init__(self, name: str, every: int, method: RectifierMethod, settings: ml_collections.ConfigDict):
+        super().__init__(name, every)
+        self.method, self.settings = method, settings
+        self.images = data.fixed_examples(method.config.data, "heldout", settings.num_images, settings.seed,
+                                          captioned=False)["image"]
+        # One program per (step count, arm): the reconstructions (B, H, W, 3) and the gaps (B,).
+        self._evaluate = {(n, arm): ModelFunction(
+            lambda model, images, key, n=n, rectified=(arm == "rectified"): (
+                method.reconstruct(model, images, n, rectified),
+                method.posterior_gap(model, images, n, rectified, key)))
+            for n in settings.num_steps for arm in ARMS}
+        self._lpips = None
+
+    def _chunks(self):
+        size = self.settings.batch_size
+        for start in range(0, len(self.images), size):
+            chunk = self.images[start:start + size]
+            yield len(chunk), np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+
+    def _metrics(self, reconstructed: np.ndarray) -> dict[str, float]:
+        from eval import metrics as pixel
+
+        pred, target = (jnp.asarray(reconstructed) + 1) / 2, (jnp.asarray(self.images) + 1) / 2
+        scores = {"L1": float(jnp.mean(pixel.l1(pred, target))), "L2": float(jnp.mean(pixel.mse(pred, target))),
+                  "SSIM": float(jnp.mean(pixel.ssim(pred, target, 1.0)))}
+        if self.settings.lpips_weights:
+            if self._lpips is None:
+                from eval.lpips import load_lpips
+
+                network = load_lpips(self.settings.lpips_weights)
+                self._lpips = (network, ModelFunction(lambda net, a, b: net(a, b)))
+            network, distance = self._lpips
+            scores["LPIPS"] = float(jnp.mean(distance(network, jnp.asarray(reconstructed), jnp.asarray(self.images))))
+        return scores
+
+    def __call__(self, model, step, workdir, writer):
+        key = jax.random.key(self.settings.seed)
+        scores, columns = {}, [("source", self.images[:self.settings.grid_images])]
+        for n in self.settings.num_steps:
+            scores[f"reconstruction_{n}"] = {}
+            for arm in ARMS:
+                outputs, gaps = [], []
+                for index, (count, chunk) in enumerate(self._chunks()):
+                    images, gap = self._evaluate[(n, arm)](model, chunk, jax.random.fold_in(key, index))
+                    outputs.append(np.asarray(images)[:count])
+                    gaps.append(np.asarray(gap)[:count])
+                reconstructed = np.concatenate(outputs)
+                scores[f"reconstruction_{n}"][arm] = {**self._metrics(reconstructed),
+                                                      "posterior_gap": float(np.mean(np.concatenate(gaps)))}
+                columns.append((f"{arm} {n}", reconstructed[:self.settings.grid_images]))
+        higher = {"L1": False, "L2": False, "SSIM": True, "LPIPS": False, "posterior_gap": False}
+        write_scores(workdir, step, scores, higher_is_better=higher, writer=writer)
+        if self.settings.grid_images:
+            labels = [f"held-out {i}" for i in range(len(columns[0][1]))]
+            write_grid(workdir, step, labelled_grid(columns, labels), folder=self.name, writer=writer)
+        return scores
+
+
+METHOD = RectifierMethod
