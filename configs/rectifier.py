@@ -35,7 +35,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import ldm
-from editdiff.methods.rectifier import (default_model_config, rectifier_diffusion_config, rectifier_sampler_config,
+from editdiff.methods.rectifier import (SCHEDULE_KEYS, default_model_config, rectifier_diffusion_config, rectifier_sampler_config,
                                         reconstruction_entry)
 from editdiff.pretrained import default_pretrained_config
 from editdiff.train.config import default_train_config
@@ -53,8 +53,7 @@ def _base(ldm_preset: str) -> ml_collections.ConfigDict:
     config.data = base.data
     config.model = default_model_config()
     config.diffusion = rectifier_diffusion_config()
-    for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "rescale_betas_zero_snr",
-                "prediction_type"):
+    for key in SCHEDULE_KEYS:
         config.diffusion[key] = base.diffusion[key]
     config.sampler = rectifier_sampler_config()
     config.sampler.update(spacing=base.sampler.spacing, set_alpha_to_one=base.sampler.set_alpha_to_one)

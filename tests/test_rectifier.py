@@ -102,6 +102,10 @@ def test_a_base_that_is_no_ldm_export_or_of_another_schedule_is_a_clear_error(ba
                                          r"the base's 'epsilon'"):
         validate_config(config, RectifierMethod)
     config = tiny(base)
+    config.model.rectifier.stem_stride = 3
+    with pytest.raises(ValueError, match=r"config.model.rectifier: RectifierConfig: stem_stride=3 must be 1 or 2"):
+        validate_config(config, RectifierMethod)
+    config = tiny(base)
     config.evals.reconstruction.num_steps = ()
     with pytest.raises(ValueError, match=r"config.evals.reconstruction.num_steps = \(\) is invalid"):
         validate_config(config, RectifierMethod)

@@ -74,7 +74,7 @@ MODULATED_BLOCKS = ("mid_block", "up_blocks")
 LDM_FILE = "ldm.json"
 SCHEDULER_FILE = os.path.join("scheduler", "scheduler_config.json")
 # config.diffusion keys that must equal the base's scheduler config: the schedule it was trained with.
-_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
                   "rescale_betas_zero_snr")
 
 
@@ -128,15 +128,6 @@ _RECONSTRUCTION_CHECKS = {
 _MODULATE: checks.Check = ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                             and all(b in MODULATED_BLOCKS for b in v)),
                            f"a non-empty tuple of {', '.join(repr(b) for b in MODULATED_BLOCKS)}")
-_RECTIFIER_CHECKS = {
-    "stage_blocks": ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
-                      and all(isinstance(n, int) and n >= 1 for n in v)), "a non-empty tuple of ints >= 1"),
-    "base_channels": checks.int_at_least(1), "stem_stride": checks.one_of((1, 2)),
-    "subnet_channels": checks.int_at_least(1), "code_dim": checks.int_at_least(1),
-    "time_embedding_dim": checks.int_at_least(2), "batch_norm_momentum": checks.number_in(0, 0.999999),
-    "a_init_scale": ((lambda v: checks.is_number(v) and v > 0), "a number > 0"),
-    "leaky_relu_slope": checks.number_at_least(0),
-}
 
 
 def _sampler_section() -> checks.Section:
@@ -185,9 +176,21 @@ def _base_rule(config) -> list[str]:
     with open(scheduler) as f:
         saved = json.load(f)
     return [f"config.diffusion.{key} = {config.diffusion[key]!r} is invalid; allowed: the base's {saved[key]!r} "
-            f"({scheduler})" for key in _SCHEDULE_KEYS
+            f"({scheduler})" for key in SCHEDULE_KEYS
             if key in saved and config.diffusion[key] != saved[key]
             and not (isinstance(saved[key], float) and np.isclose(config.diffusion[key], saved[key]))]
+
+
+def _rectifier_rule(config) -> list[str]:
+    """config.model.rectifier holds RectifierConfig fields with values it accepts (its own checks, one place)."""
+    fields = config.model.rectifier
+    if not isinstance(fields, ml_collections.ConfigDict):
+        return [f"config.model.rectifier = {fields!r} is invalid; allowed: a ConfigDict of RectifierConfig fields"]
+    try:
+        RectifierConfig(**fields.to_dict())
+    except (TypeError, ValueError) as error:
+        return [f"config.model.rectifier: {error}"]
+    return []
 
 
 def _evals_rule(config) -> list[str]:
@@ -247,10 +250,9 @@ class RectifierMethod(Method):
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
         base = [checks.Section("model", {"rectifier": checks.ANY, "modulate": _MODULATE}),
-                checks.Section("model.rectifier", _RECTIFIER_CHECKS),
                 diffusion_section(), _sampler_section(), *data.image_data_sections(),
                 pretrained_section(require=("unet",))]
-        rules = [] if any(s.problems(config) for s in base) else [_base_rule, _evals_rule]
+        rules = [] if any(s.problems(config) for s in base) else [_rectifier_rule, _base_rule, _evals_rule]
         return [*base, checks.Section("", {}, closed=False, rules=tuple(rules))]
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -321,24 +323,24 @@ class RectifierMethod(Method):
         loss = diffusion_loss(self.schedule, prediction, z_0, noise, t, **loss_settings(self.config.diffusion))
         return loss, {}
 
-    def reconstruct(self, model: RectifiedModel, images: jax.Array, num_steps: int, rectified: bool) -> jax.Array:
-        """DDIM inversion of `images` (B, H, W, 3) with the frozen U-Net in `num_steps` steps, then the DDIM
-        reverse pass on the same grid with the rectified (or the frozen) U-Net; (B, H, W, 3) in [-1, 1]."""
+    def reconstruct(self, model: RectifiedModel, images: jax.Array, num_steps: int,
+                    arms: tuple[str, ...] = ("rectified",)) -> dict[str, jax.Array]:
+        """DDIM inversion of `images` (B, H, W, 3) with the frozen U-Net in `num_steps` steps (once), then the
+        DDIM reverse pass on the same grid per arm: "rectified" (the modulated U-Net) and/or "frozen".
+        {arm: (B, H, W, 3) in [-1, 1]}."""
         z_0 = model.encode(images)
         settings = {**inversion_settings(self.config.sampler), "num_steps": num_steps}
         z_T = samplers.ddim_invert(model.frozen_prediction, self.schedule, z_0, **settings)
-        if rectified:
-            model_fn = lambda z, t: model.rectified_prediction(self.schedule, z, t, z_0)  # noqa: E731
-        else:
-            model_fn = model.frozen_prediction
+        model_fns = {"frozen": model.frozen_prediction,
+                     "rectified": lambda z, t: model.rectified_prediction(self.schedule, z, t, z_0)}
         s = self.config.sampler
-        z = samplers.ddim_sample(model_fn, self.schedule, z_T, num_steps=num_steps, eta=0.0, spacing=s.spacing,
-                                 steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)
-        return model.decode(z)
+        return {arm: model.decode(samplers.ddim_sample(
+            model_fns[arm], self.schedule, z_T, num_steps=num_steps, eta=0.0, spacing=s.spacing,
+            steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)) for arm in arms}
 
     def sample(self, model: RectifiedModel, batch: Batch, rng: jax.Array) -> jax.Array:
         """The rectified reconstructions of `image` with the sampler's step count."""
-        return self.reconstruct(model, batch["image"], self.config.sampler.num_steps, rectified=True)
+        return self.reconstruct(model, batch["image"], self.config.sampler.num_steps)["rectified"]
 
     def posterior_gap(self, model: RectifiedModel, images: jax.Array, num_steps: int, rectified: bool,
                       key: jax.Array) -> jax.Array:
@@ -383,12 +385,13 @@ class ReconstructionEvaluator(Evaluator):
         self.method, self.settings = method, settings
         self.images = data.fixed_examples(method.config.data, "heldout", settings.num_images, settings.seed,
                                           captioned=False)["image"]
-        # One program per (step count, arm): the reconstructions (B, H, W, 3) and the gaps (B,).
-        self._evaluate = {(n, arm): ModelFunction(
-            lambda model, images, key, n=n, rectified=(arm == "rectified"): (
-                method.reconstruct(model, images, n, rectified),
-                method.posterior_gap(model, images, n, rectified, key)))
-            for n in settings.num_steps for arm in ARMS}
+        # One program per step count (one inversion shared by both arms): {arm: (reconstructions (B, H, W, 3),
+        # gaps (B,))}.
+        self._evaluate = {n: ModelFunction(
+            lambda model, images, key, n=n: {
+                arm: (images_of_arm, method.posterior_gap(model, images, n, arm == "rectified", key))
+                for arm, images_of_arm in method.reconstruct(model, images, n, ARMS).items()})
+            for n in settings.num_steps}
         self._lpips = None
 
     def _chunks(self):
@@ -418,13 +421,11 @@ class ReconstructionEvaluator(Evaluator):
         scores, columns = {}, [("source", self.images[:self.settings.grid_images])]
         for n in self.settings.num_steps:
             scores[f"reconstruction_{n}"] = {}
+            results = [(count, self._evaluate[n](model, chunk, jax.random.fold_in(key, index)))
+                       for index, (count, chunk) in enumerate(self._chunks())]
             for arm in ARMS:
-                outputs, gaps = [], []
-                for index, (count, chunk) in enumerate(self._chunks()):
-                    images, gap = self._evaluate[(n, arm)](model, chunk, jax.random.fold_in(key, index))
-                    outputs.append(np.asarray(images)[:count])
-                    gaps.append(np.asarray(gap)[:count])
-                reconstructed = np.concatenate(outputs)
+                reconstructed = np.concatenate([np.asarray(by_arm[arm][0])[:count] for count, by_arm in results])
+                gaps = [np.asarray(by_arm[arm][1])[:count] for count, by_arm in results]
                 scores[f"reconstruction_{n}"][arm] = {**self._metrics(reconstructed),
                                                       "posterior_gap": float(np.mean(np.concatenate(gaps)))}
                 columns.append((f"{arm} {n}", reconstructed[:self.settings.grid_images]))
