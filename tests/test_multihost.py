@@ -41,7 +41,8 @@ def _free_port() -> int:
 def _worker_env(compilation_cache: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",  # 4 devices per process, 8 in the job
+        # 4 devices per process, 8 in the job; fast-compiling CPU code, as conftest.py sets for the suite.
+        XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
         JAX_PLATFORMS="cpu",
         TF_CPP_MIN_LOG_LEVEL="2",
         # The second launch compiles the same programs as the first: reuse them (saves most of its compile).

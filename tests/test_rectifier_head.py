@@ -162,7 +162,10 @@ def test_zero_modulation_at_init_is_bit_identical(first_steps, batch):
     (_, _, prediction, modulation), _ = first_steps[0]
     assert all(not np.any(np.asarray(b)) for _, b in modulation.values())  # b = 0 exactly ...
     assert all(np.all(np.asarray(a) != 0) for a, _ in modulation.values())  # ... a random
-    assert np.array_equal(np.asarray(prediction), batch["eps_frozen"])  # vs the unmodulated U-Net's program
+    # b = 0 exactly makes every modulated conv conv(x) + 0: forward against forward, the outputs are bit-identical
+    # (test_unet.py, test_unet2d.py). Here the train step's program (forward and backward) is compared with the
+    # forward program, and XLA's unoptimised CPU code (conftest.py) may sum a conv in another order there.
+    np.testing.assert_allclose(np.asarray(prediction), batch["eps_frozen"], rtol=0, atol=1e-6)
 
 
 def test_gradients_reach_b_at_once_then_everything_and_never_the_unet(unet2d, first_steps):

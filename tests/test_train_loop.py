@@ -150,7 +150,8 @@ def test_sharded_run_matches_one_device_and_profiles(reference, tmp_path):
     expected = reference[2]
     np.testing.assert_allclose(list(recorder.column("loss").values()),
                                list(expected.column("loss").values()), rtol=1e-5)
-    assert recorder.column("batch_checksum") == pytest.approx(expected.column("batch_checksum"))
+    # The same batches; the checksum's float32 sum is reduced in another order over the sharded batch.
+    assert recorder.column("batch_checksum") == pytest.approx(expected.column("batch_checksum"), rel=1e-5)
     kernel = recorder.final_view.run.state.params["head"]["layers"][0]["kernel"][...]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     assert len(kernel.sharding.device_set) == 8
