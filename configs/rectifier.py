@@ -35,12 +35,15 @@ from __future__ import annotations
 import ml_collections
 
 from configs import ldm
-from editdiff.methods.rectifier import (SCHEDULE_KEYS, default_model_config, rectifier_diffusion_config, rectifier_sampler_config,
-                                        reconstruction_entry)
+from editdiff.methods.rectifier import (SCHEDULE_KEYS, default_edit_config, default_model_config,
+                                        default_objective_config, editing_entry, reconstruction_entry,
+                                        rectifier_diffusion_config, rectifier_sampler_config)
 from editdiff.pretrained import default_pretrained_config
 from editdiff.train.config import default_train_config
 
 DEMO_BASE = "runs/ldm/export"
+DEMO_RECONSTRUCTION = "runs/rectifier"  # the reconstruction run an editing demo starts from
+DEMO_CLIP = "runs/clip"  # python -m editdiff.interop.random_clip runs/clip: a stand-in (no CLIP weights here)
 
 
 def _base(ldm_preset: str) -> ml_collections.ConfigDict:
@@ -52,6 +55,8 @@ def _base(ldm_preset: str) -> ml_collections.ConfigDict:
     config.pretrained = default_pretrained_config()
     config.data = base.data
     config.model = default_model_config()
+    config.objective = default_objective_config()
+    config.edit = default_edit_config()
     config.diffusion = rectifier_diffusion_config()
     for key in SCHEDULE_KEYS:
         config.diffusion[key] = base.diffusion[key]
@@ -87,10 +92,33 @@ def _tiny() -> ml_collections.ConfigDict:
     return config
 
 
+def _edit(config: ml_collections.ConfigDict, preset: str) -> None:
+    """The editing stage (Algorithm 1) on top of a preset: the CLIP objective, warm-started from the
+    preset's reconstruction run, the paper's lr 1e-3 x0.9 every 10 steps, the editing table."""
+    config.objective.update(kind="editing", source_text="photo", target_text="sketch")
+    t = config.train
+    t.learning_rate, t.schedule, t.decay_every, t.decay_rate = 1e-3, "exponential", 10, 0.9
+    if preset == "demo":
+        config.objective.clip = DEMO_CLIP
+        config.init_from.workdir = DEMO_RECONSTRUCTION
+        t.num_steps, t.checkpoint_every = 100, 100
+        config.evals = ml_collections.ConfigDict(dict(editing=editing_entry(num_steps=20, num_images=8)))
+        config.edit.num_steps = 20
+    else:
+        config.evals = ml_collections.ConfigDict(dict(editing=editing_entry(num_steps=2, num_images=2, batch_size=2,
+                                                                            grid_images=2)))
+        config.edit.num_steps = 2
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    """`arg` = demo | tiny."""
+    """`arg` = preset (demo | tiny), optionally followed by the modifier `,edit` (the editing stage)."""
+    preset, *modifiers = [part.strip() for part in (arg or "demo").split(",")]
     presets = {"demo": _demo, "tiny": _tiny}
-    preset = (arg or "demo").strip()
     if preset not in presets:
         raise ValueError(f"configs/rectifier.py: unknown preset {preset!r}; allowed: {', '.join(presets)}")
-    return presets[preset]()
+    config = presets[preset]()
+    for modifier in modifiers:
+        if modifier != "edit":
+            raise ValueError(f"configs/rectifier.py: unknown modifier {modifier!r}; allowed: edit")
+        _edit(config, preset)
+    return config

@@ -16,6 +16,7 @@ from flax import nnx
 from PIL import Image
 
 from configs.ldm import get_config
+from editdiff.interop.random_clip import write_byte_level_tokenizer
 from editdiff.methods.ldm import LDMMethod, load_null_context
 from editdiff.train import mesh as mesh_lib
 from editdiff.train import modes
@@ -196,24 +197,6 @@ def test_unknown_preset_or_modifier_names_what_is_allowed():
 # Text-conditioned, with a frozen VAE: tiny random transformers / diffusers parts written here.
 
 
-def _byte_level_tokenizer(directory) -> dict:
-    """vocab.json + merges.txt of a CLIP byte-level BPE without merges: every byte and its word-final form,
-    then the two special tokens (ids 512, 513)."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    alphabet = list(bytes_to_unicode().values())
-    vocab = {token: i for i, token in enumerate(alphabet + [c + "</w>" for c in alphabet]
-                                                + ["<|startoftext|>", "<|endoftext|>"])}
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(directory, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"model_max_length": 24}, f)  # as SD's tokenizer/ says 77: pipelines pad to it
-    return vocab
-
-
 @pytest.fixture(scope="module")
 def sd_parts(tmp_path_factory):
     """A Stable-Diffusion-like directory: text_encoder/ (CLIPTextModel, no projection, as SD's), tokenizer/,
@@ -222,7 +205,7 @@ def sd_parts(tmp_path_factory):
     from diffusers import AutoencoderKL as TorchVAE
 
     root = tmp_path_factory.mktemp("sd_parts")
-    vocab = _byte_level_tokenizer(root / "tokenizer")
+    vocab = write_byte_level_tokenizer(root / "tokenizer", model_max_length=24)  # SD pads to its 77
     torch.manual_seed(0)
     text_config = transformers.CLIPTextConfig(
         vocab_size=len(vocab) + 6, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

@@ -1,7 +1,11 @@
 """The rectifier method (configs/rectifier.py:tiny) on a tiny ldm export (that R starts exactly at the frozen
-model is tests/test_rectifier_head.py's): overfitting a batch moves only R and beats the frozen U-Net, a run writes the reconstruction table (sets
-reconstruction_N, arms frozen and rectified) and grid, bad bases are clear errors before anything is built."""
+model is tests/test_rectifier_head.py's): overfitting a batch moves only R and beats the frozen U-Net, a run
+writes the reconstruction table (sets reconstruction_N, arms frozen and rectified) and grid; the editing stage
+(tiny random CLIP) lowers its loss, warm-starts from the reconstruction run and writes the editing table;
+`--mode=edit` writes each arm per photo and skips an unreadable file; bad bases, editing without CLIP and a
+warm start from another method's run are clear errors before anything is built."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +14,14 @@ import optax
 import pytest
 from flax import nnx
 
+from PIL import Image
+
 from configs.ldm import get_config as ldm_config
 from configs.rectifier import get_config
-from editdiff.methods.rectifier import RectifierMethod
+from editdiff.interop.random_clip import write_random_clip
 from editdiff.methods.ldm import LDMMethod
+from editdiff.methods.rectifier import RectifierMethod
+from editdiff.train import modes
 from editdiff.train.config import validate_config
 from editdiff.train.loop import train_and_evaluate
 
@@ -27,11 +35,49 @@ def base(tmp_path_factory):
     return directory
 
 
-def tiny(base_dir: str):
-    config = get_config("tiny")
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_random_clip(tmp_path_factory.mktemp("clip"), image_size=32)  # CLIP at 224 px: slow on CPU
+
+
+def tiny(base_dir: str, arg: str = "tiny", clip_dir: str = ""):
+    config = get_config(arg)
     config.mesh.data, config.mesh.fsdp = 1, 1
     config.pretrained.root = base_dir
+    if clip_dir:
+        config.objective.clip = clip_dir
     return config
+
+
+def _overfit(config, steps: int, learning_rate: float = 2e-3) -> list[float]:
+    """Losses of `steps` Adam steps on one batch with fixed timesteps and noise (it can be memorised); asserts
+    the U-Net (and any CLIP tower) stays as it was."""
+    method, model = _built(config)
+    batch = {k: jnp.asarray(v) for k, v in next(method.train_batches(start_step=0, process_index=0,
+                                                                     process_count=1)).items()}
+    graphdef, params, rest = nnx.split(model, method.trainable, ...)
+    frozen_before = jax.tree.map(np.asarray, nnx.state(model, nnx.All(nnx.Param, nnx.Not(method.trainable))))
+    optimizer = optax.adam(learning_rate)
+    key = jax.random.key(0)
+
+    def loss_of(p, rest):
+        merged = nnx.merge(graphdef, p, rest, copy=True)
+        return method.loss(merged, batch, key)[0], nnx.state(merged, nnx.BatchStat)
+
+    @jax.jit
+    def step(params, rest, opt_state):
+        (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(params, rest)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(steps):
+        params, opt_state, loss = step(params, rest, opt_state)
+        losses.append(float(loss))
+    trained = nnx.merge(graphdef, params, rest, copy=True)
+    jax.tree.map(np.testing.assert_array_equal, frozen_before,
+                 jax.tree.map(np.asarray, nnx.state(trained, nnx.All(nnx.Param, nnx.Not(method.trainable)))))
+    return losses
 
 
 def _built(config):
@@ -45,39 +91,28 @@ def _built(config):
 
 
 def test_overfitting_a_batch_moves_only_r_and_beats_the_frozen_unet(base):
-    method, model = _built(tiny(base))
-    batch = {k: jnp.asarray(v) for k, v in next(method.train_batches(start_step=0, process_index=0,
-                                                                     process_count=1)).items()}
-    graphdef, params, rest = nnx.split(model, method.trainable, ...)
-    unet_before = jax.tree.map(np.asarray, nnx.state(model.unet, nnx.Param))
-    optimizer = optax.adam(2e-3)
-    key = jax.random.key(0)  # fixed timesteps and noise: the batch can be memorised
-
-    def loss_of(p, rest):
-        merged = nnx.merge(graphdef, p, rest, copy=True)
-        return method.loss(merged, batch, key)[0], nnx.state(merged, nnx.BatchStat)
-
-    @jax.jit
-    def step(params, rest, opt_state):
-        (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(params, rest)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    opt_state, losses = optimizer.init(params), []
-    for _ in range(30):
-        params, opt_state, loss = step(params, rest, opt_state)
-        losses.append(float(loss))
+    losses = _overfit(tiny(base), 30)
     print(f"rectifier overfitting one batch: loss {losses[0]:.4f} (the frozen U-Net's) -> {losses[-1]:.4f}")
     assert losses[-1] < 0.85 * losses[0]  # mid block only (the tiny preset): 1.36 -> 1.01 measured
-    trained = nnx.merge(graphdef, params, rest, copy=True)
-    jax.tree.map(np.testing.assert_array_equal, unet_before,
-                 jax.tree.map(np.asarray, nnx.state(trained.unet, nnx.Param)))
 
 
-def test_a_run_writes_the_reconstruction_table_and_grid(base, tmp_path):
+def test_the_editing_loss_falls_with_a_tiny_random_clip(base, clip):
+    losses = _overfit(tiny(base, "tiny,edit", clip), 20, learning_rate=1e-2)
+    print(f"rectifier editing loss on one batch: {losses[0]:.4f} -> {losses[-1]:.4f} in 20 Adam steps")
+    assert losses[-1] < 0.8 * losses[0]  # 1.762 -> 1.255 measured
+
+
+@pytest.fixture(scope="module")
+def reconstruction_run(base, tmp_path_factory):
     config = tiny(base)
     config.evals.reconstruction.update(num_steps=(1,), num_images=1, batch_size=1, grid_images=1)
-    train_and_evaluate(config, str(tmp_path))
+    workdir = tmp_path_factory.mktemp("reconstruction")
+    train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_a_run_writes_the_reconstruction_table_and_grid(reconstruction_run):
+    tmp_path = reconstruction_run
     with open(tmp_path / "eval" / "step_0000002.json") as f:
         written = json.load(f)
     scores = written["scores"]
@@ -108,4 +143,50 @@ def test_a_base_that_is_no_ldm_export_or_of_another_schedule_is_a_clear_error(ba
     config = tiny(base)
     config.evals.reconstruction.num_steps = ()
     with pytest.raises(ValueError, match=r"config.evals.reconstruction.num_steps = \(\) is invalid"):
+        validate_config(config, RectifierMethod)
+
+
+def test_an_editing_run_warm_starts_writes_the_editing_table_and_edits_a_folder(base, clip, reconstruction_run,
+                                                                                tmp_path):
+    config = tiny(base, "tiny,edit", clip)
+    config.init_from.workdir = str(reconstruction_run)
+    workdir = tmp_path / "edit_run"
+    train_and_evaluate(config, str(workdir))
+    with open(workdir / "eval" / "step_0000002.json") as f:
+        scores = json.load(f)["scores"]
+    assert set(scores) == {"photo -> sketch"} and set(scores["photo -> sketch"]) == {"frozen", "edited"}
+    for values in scores["photo -> sketch"].values():
+        assert set(values) == {"CLIP_direction", "L1", "L2", "SSIM", "CLIP_image"}
+        assert all(np.isfinite(v) for v in values.values())
+    assert (workdir / "editing" / "step_0000002.png").is_file()
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 27, 3), np.uint8)).save(photos / "sub" / "a.png")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    config.edit.input = str(photos)
+    outcome = modes.edit(config, str(workdir))
+    assert list(outcome["skipped"]) == [str(photos / "broken.jpg")]
+    written = {os.path.relpath(p, workdir / "edit") for p in outcome["written"]}
+    assert written == {os.path.join(label, "sub", "a.png") for label in ("edited", "frozen", "input", "compare")}
+    edited = Image.open(workdir / "edit" / "edited" / "sub" / "a.png")
+    assert edited.size == (32, 24)  # 27 x 20 at the tiny data's scale (short side 24), on the U-Net's 8 px grid
+
+
+def test_editing_without_clip_or_from_another_methods_run_is_a_clear_error(base, tmp_path):
+    config = tiny(base, "tiny,edit")
+    with pytest.raises(ValueError, match=r"config.objective.clip = '' is invalid; allowed: a transformers CLIPModel "
+                                         r"directory .* an editing run needs"):
+        validate_config(config, RectifierMethod)
+    other = tmp_path / "ldm_run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"method": "ldm"}))
+    config = tiny(base)
+    config.init_from.workdir = str(other)
+    with pytest.raises(ValueError, match=r"config.init_from.workdir = .*ldm_run' is a 'ldm' run; allowed: a "
+                                         r"'rectifier' run"):
+        validate_config(config, RectifierMethod)
+    config = tiny(base)
+    config.evals.reconstruction.kind = "editing"
+    with pytest.raises(ValueError, match=r"config.evals.reconstruction.kind = 'editing' is invalid here"):
         validate_config(config, RectifierMethod)

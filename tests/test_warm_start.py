@@ -62,6 +62,21 @@ def test_init_from_copies_the_selected_trainable_parameters(source_run, tmp_path
     assert not np.array_equal(source["head.layers.0.kernel"], initial["head.layers.0.kernel"])
 
 
+def test_init_from_brings_the_batchnorm_statistics_of_the_selected_layers(source_run, tmp_path):
+    config = tiny_config()
+    config.init_from.workdir = source_run
+    config.init_from.include = r"^head\."
+    started = flat(nnx.state(fresh_run_state(config, tmp_path).state.model_state, nnx.BatchStat))
+    plain = flat(nnx.state(fresh_run_state(tiny_config(), tmp_path / "plain").state.model_state, nnx.BatchStat))
+    config = tiny_config()
+    config.train.num_steps = 4
+    source = flat(nnx.state(fresh_run_state(config, source_run).state.model_state, nnx.BatchStat))
+    assert started and set(started) == set(source)
+    for path in started:
+        np.testing.assert_array_equal(started[path], source[path], err_msg=path)
+    assert any(not np.array_equal(plain[p], source[p]) for p in source)  # the source's statistics moved
+
+
 def test_init_from_refuses_another_method_a_missing_workdir_and_other_shapes(source_run, tmp_path):
     config = tiny_config()
     config.init_from.workdir = str(tmp_path / "nothing")

@@ -121,6 +121,12 @@ def _load(directory: str | os.PathLike, tower: str, config_cls, model_cls, rules
     return model
 
 
+def read_vision_config(directory: str | os.PathLike) -> CLIPVisionConfig:
+    """The vision tower's config of a CLIPModel or CLIPVisionModelWithProjection directory (no weights read)."""
+    raw_config, _ = _tower_config(os.fspath(directory), "vision")
+    return CLIPVisionConfig.from_transformers_dict(raw_config)
+
+
 def load_clip_vision(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> CLIPVisionModel:
     """The vision tower + visual projection of a CLIPModel or CLIPVisionModelWithProjection directory."""
     return _load(directory, "vision", CLIPVisionConfig, CLIPVisionModel, vision_rules, dtype)

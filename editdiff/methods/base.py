@@ -94,6 +94,13 @@ class Method(abc.ABC):
         """The evaluators named in `config.evals` (none by default)."""
         return []
 
+    def edit(self, model: nnx.Module, image: np.ndarray) -> dict[str, np.ndarray]:
+        """`--mode=edit` on one photo (H, W, 3) float32 in [-1, 1] with the config's `config.edit` settings:
+        {label: (H', W', 3) in [-1, 1]}, the method's result first, then what a reader compares it with (the
+        frozen model, the input as the model saw it, ...), all of one size. H', W' are the input's where the
+        model allows; the method logs any resize or crop. `model` is the restored EMA model in eval mode."""
+        raise NotImplementedError(f"{type(self).__name__} has no --mode=edit")
+
     def export(self, model: nnx.Module, directory: str) -> list[str]:
         """Writes the trained model as PyTorch-loadable directories (diffusers layout where one exists) under
         `directory`; returns the paths written."""

@@ -13,6 +13,18 @@ The model (images in [-1, 1], NHWC; the paper's notation, in the latent space of
 `target` is the base's own parameterisation (`config.diffusion.prediction_type`, which must be the base's):
 for the epsilon-prediction backbones of the paper this is its ||eps - eps_theta_hat(x_t)||^2.
 
+Editing training (`config.objective.kind = "editing"`, the paper's Algorithm 1 and eq. 4-6), usually warm-started
+from a reconstruction run (`config.init_from.workdir`): per step x_0, t, eps -> z_t -> the modulated prediction
+-> its x_0 estimate P~_t, decoded to an image x~ = D(P~_t), and
+
+    L_edit = lambda_clip * L_direction(x~, t_tar; x_0, t_src) + lambda_recon * L1(x~, x_0)
+    L_direction = 1 - cos(E_I(x~) - E_I(x_0), Delta T)         (editdiff/nn/clip_losses.py)
+
+E_I a frozen CLIP image encoder, Delta T the unit text direction from `source_text` to `target_text` averaged
+over CLIP's prompt templates (computed once, a frozen value of the model), L1 the mean absolute difference of
+the images. CLIP comes from `config.objective.clip`, a transformers CLIPModel directory (both towers and the
+tokenizer). At inference the edited image is the rectified reverse pass from the frozen DDIM inversion.
+
 Inference (the paper's, for an input image x_0): DDIM inversion of z_0 with the frozen U-Net to z_T, then the
 DDIM reverse pass in which every step runs the frozen U-Net for P_t, R for the offsets and the modulated U-Net
 for the update. The frozen arm runs the same reverse pass without R.
@@ -24,6 +36,12 @@ ldm.json names the autoencoder, unet/ the U-Net, null_context/ the context of an
 fewer. `config.model.rectifier` holds RectifierConfig's sizes (editdiff/heads/rectifier.py).
 
 Batch fields (`input_pipeline.captions`): `image` (B, H, W, 3) float32 in [-1, 1].
+
+`--mode=edit`: each photo of `config.edit.input`, at the training photos' scale (short side
+`config.data.resize_short_side`, when set) and centre-cropped to a multiple of the model's downsampling (both
+logged when they change it), inverted with `config.edit.num_steps` frozen DDIM steps and sampled back with the
+rectified U-Net (label `rectified`, or `edited` for an editing run) and with the frozen one (`frozen`), beside
+the input as the model saw it (`input`).
 
 Evaluators (`config.evals.NAME.kind`):
 
@@ -37,10 +55,18 @@ Evaluators (`config.evals.NAME.kind`):
                      prediction at z_t = q_sample(z_0, t, eps) (PDAE's gap between predicted and true posterior
                      mean, in noise units). Also `WORKDIR/NAME/step_N.png`: source, then frozen and rectified
                      reconstructions at each N.
+    editing          (editing runs) on `num_images` held-out photos: invert with `num_steps` DDIM steps, sample
+                     back with the frozen U-Net (arm `frozen`) and the edited one (arm `edited`); set
+                     "SOURCE -> TARGET" (the prompt pair), metrics against the source photo: CLIP_direction
+                     cos(E_I(x) - E_I(x_0), Delta T) (the edit's agreement with the text direction), L1,
+                     CLIP_image cos(E_I(x), E_I(x_0)) (identity), LPIPS (when `lpips_weights` is given). Grid
+                     `WORKDIR/NAME/step_N.png`: source, frozen, edited.
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 from typing import Any
 
@@ -59,14 +85,19 @@ from editdiff.diffusion.parameterisation import q_sample, x0_and_eps
 from editdiff.diffusion.schedules import schedule_from_config
 from editdiff.diffusion.timesteps import denoising_timesteps
 from editdiff.heads.rectifier import Rectifier, RectifierConfig
+from editdiff.nn import clip_losses
+from editdiff.interop import random_clip, transformers_clip
 from editdiff.interop.torch_io import CheckpointError, read_config
 from editdiff.methods import latents as latents_lib
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
+from editdiff.nn.clip import CLIPVisionModel
+from editdiff.nn.clip_preprocess import resize_center_crop
 from editdiff.nn.patch_autoencoder import PatchAutoencoder
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, modulation_paths
 from editdiff.pretrained import pretrained_path, pretrained_section
 from input_pipeline import captions as data
+from input_pipeline.images import resize_short_side
 
 # The paper's: the convs of the middle and up-sampling blocks (`modulation_paths`); `config.model.modulate`
 # may name fewer (e.g. ("mid_block",) for an ablation or a small test).
@@ -93,6 +124,22 @@ def default_model_config() -> ml_collections.ConfigDict:
         a_init_scale=defaults.a_init_scale, leaky_relu_slope=defaults.leaky_relu_slope))))
 
 
+OBJECTIVES = ("reconstruction", "editing")
+
+
+def default_objective_config() -> ml_collections.ConfigDict:
+    """`config.objective`: what R trains for (module docstring). The paper gives no loss weights; 1 and 1 are
+    ours."""
+    return ml_collections.ConfigDict(dict(kind="reconstruction", clip="", source_text="", target_text="",
+                                          lambda_clip=1.0, lambda_recon=1.0))
+
+
+def default_edit_config() -> ml_collections.ConfigDict:
+    """`config.edit` of `--mode=edit` (input, output: the trainer's), with the DDIM step count of the inversion
+    and of the reverse pass (the paper's 50)."""
+    return ml_collections.ConfigDict(dict(input="", output="", num_steps=50))
+
+
 def rectifier_diffusion_config() -> ml_collections.ConfigDict:
     """`config.diffusion` with the paper's L2 noise loss (the schedule keys must be the base's)."""
     config = default_diffusion_config()
@@ -117,6 +164,14 @@ def reconstruction_entry(every: int = 0, **settings) -> ml_collections.ConfigDic
                                           **{**_RECONSTRUCTION_DEFAULTS, **settings}))
 
 
+_EDITING_DEFAULTS = dict(num_steps=50, num_images=8, batch_size=8, seed=0, lpips_weights="", grid_images=4)
+
+
+def editing_entry(every: int = 0, **settings) -> ml_collections.ConfigDict:
+    """A `config.evals.NAME` entry of kind "editing" with its defaults."""
+    return ml_collections.ConfigDict(dict(kind="editing", every=every, **{**_EDITING_DEFAULTS, **settings}))
+
+
 _STEP_COUNTS: checks.Check = ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)),
                               "a non-empty tuple of step counts >= 1")
@@ -125,6 +180,11 @@ _RECONSTRUCTION_CHECKS = {
     "batch_size": checks.int_at_least(1), "seed": checks.int_at_least(0), "grid_images": checks.int_at_least(0),
     "lpips_weights": checks.string(),
 }
+_EDITING_CHECKS = {**_RECONSTRUCTION_CHECKS, "num_steps": checks.int_at_least(1)}
+_OBJECTIVE_CHECKS = {"kind": checks.one_of(OBJECTIVES), "clip": checks.string(), "source_text": checks.string(),
+                     "target_text": checks.string(), "lambda_clip": checks.number_at_least(0),
+                     "lambda_recon": checks.number_at_least(0)}
+_EDIT_CHECKS = {"input": checks.ANY, "output": checks.ANY, "num_steps": checks.int_at_least(1)}
 _MODULATE: checks.Check = ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                             and all(b in MODULATED_BLOCKS for b in v)),
                            f"a non-empty tuple of {', '.join(repr(b) for b in MODULATED_BLOCKS)}")
@@ -196,8 +256,42 @@ def _rectifier_rule(config) -> list[str]:
 def _evals_rule(config) -> list[str]:
     problems = []
     for name, entry in config.evals.items():
-        if isinstance(entry, ml_collections.ConfigDict) and entry.get("kind") == "reconstruction":
+        kind = entry.get("kind") if isinstance(entry, ml_collections.ConfigDict) else None
+        if kind == "reconstruction":
             problems += checks.Section(f"evals.{name}", _RECONSTRUCTION_CHECKS).problems(config)
+        if kind == "editing":
+            problems += checks.Section(f"evals.{name}", _EDITING_CHECKS).problems(config)
+            if config.objective.kind != "editing":
+                problems.append(f"config.evals.{name}.kind = 'editing' is invalid here; allowed: with "
+                                "config.objective.kind = 'editing' (a reconstruction R edits nothing)")
+    return problems
+
+
+def _objective_rule(config) -> list[str]:
+    """An editing objective names a CLIPModel directory and two different, non-empty texts."""
+    objective = config.objective
+    if objective.kind != "editing":
+        return []
+    problems = []
+    clip = objective.clip
+    try:
+        if not clip:
+            raise CheckpointError("''")
+        transformers_clip.read_vision_config(clip)
+        transformers_clip.load_clip_tokenizer(clip)
+    except (CheckpointError, OSError, ValueError) as error:
+        problems.append(f"config.objective.clip = {clip!r} is invalid; allowed: a transformers CLIPModel directory "
+                        f"(config.json of both towers, the weights, the tokenizer), which an editing run needs for "
+                        f"its CLIP image and text encoders ({error})")
+    for key in ("source_text", "target_text"):
+        if not objective[key].strip():
+            problems.append(f"config.objective.{key} = {objective[key]!r} is invalid; allowed: a non-empty text "
+                            "(e.g. source_text='photo', target_text='sketch')")
+    if objective.source_text.strip() and objective.source_text == objective.target_text:
+        problems.append(f"config.objective.target_text = {objective.target_text!r} is invalid; allowed: a text "
+                        "other than config.objective.source_text (the edit's direction)")
+    if objective.lambda_clip + objective.lambda_recon <= 0:
+        problems.append("config.objective.lambda_clip = lambda_recon = 0 is invalid; allowed: a positive weight")
     return problems
 
 
@@ -206,14 +300,18 @@ def _evals_rule(config) -> list[str]:
 
 
 class RectifiedModel(nnx.Module):
-    """The base's frozen autoencoder, U-Net and null context, and the trainable rectifier R."""
+    """The base's frozen autoencoder, U-Net and null context, and the trainable rectifier R; for an editing
+    objective also the frozen CLIP image encoder and text direction Delta T (P,)."""
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, null_context: nnx.Param,
-                 rectifier: Rectifier):
+                 rectifier: Rectifier, clip_vision: CLIPVisionModel | None = None,
+                 text_direction: nnx.Param | None = None):
         self.autoencoder = autoencoder
         self.unet = unet
         self.null_context = null_context
         self.rectifier = rectifier
+        self.clip_vision = clip_vision
+        self.text_direction = text_direction
 
     def encode(self, images: jax.Array) -> jax.Array:
         return latents_lib.encode(self.autoencoder, images)
@@ -245,14 +343,16 @@ class RectifiedModel(nnx.Module):
 class RectifierMethod(Method):
     """Reconstruction training of the rectifier on a frozen ldm base (module docstring)."""
 
-    evaluator_kinds = ("reconstruction",)
+    evaluator_kinds = ("reconstruction", "editing")
 
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
         base = [checks.Section("model", {"rectifier": checks.ANY, "modulate": _MODULATE}),
+                checks.Section("objective", _OBJECTIVE_CHECKS), checks.Section("edit", _EDIT_CHECKS),
                 diffusion_section(), _sampler_section(), *data.image_data_sections(),
                 pretrained_section(require=("unet",))]
-        rules = [] if any(s.problems(config) for s in base) else [_rectifier_rule, _base_rule, _evals_rule]
+        rules = ([] if any(s.problems(config) for s in base)
+                 else [_rectifier_rule, _base_rule, _objective_rule, _evals_rule])
         return [*base, checks.Section("", {}, closed=False, rules=tuple(rules))]
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -263,6 +363,16 @@ class RectifierMethod(Method):
         self.unet_config = UNetConfig.from_diffusers(read_config(pretrained_path(config, "unet")))
         self.null_context_shape = _null_context_shape(config.pretrained.root, self.base)
         self.sample_function = ModelFunction(self.sample)
+        self.editing = config.objective.kind == "editing"
+        self._text_direction = None
+        self._edit = ModelFunction(lambda model, images: self.reconstruct(model, images, config.edit.num_steps, ARMS))
+        if self.editing:
+            # CLIPImageProcessor's resize and centre crop to the tower's own resolution.
+            self.clip_preprocess = functools.partial(
+                resize_center_crop, size=transformers_clip.read_vision_config(config.objective.clip).image_size)
+            note = random_clip.stand_in_note(config.objective.clip)
+            if note:
+                logging.warning("config.objective.clip = %s is %s", config.objective.clip, note)
 
     def _autoencoder(self, rngs: nnx.Rngs) -> nnx.Module:
         autoencoder = self.base["autoencoder"]
@@ -284,7 +394,12 @@ class RectifierMethod(Method):
                                            image_size=self.config.data.crop_size // factor)
         layers = [(path, shape) for path, shape in modulation_paths(unet) if path[0] in self.config.model.modulate]
         rectifier = Rectifier(rectifier_config, layers, rngs=rngs, dtype=self.dtype)
-        return RectifiedModel(autoencoder, unet, null_context, rectifier)
+        if not self.editing:
+            return RectifiedModel(autoencoder, unet, null_context, rectifier)
+        vision_config = transformers_clip.read_vision_config(self.config.objective.clip)
+        clip_vision = CLIPVisionModel(vision_config, rngs=rngs, dtype=self.dtype)
+        text_direction = nnx.Param(jnp.zeros((vision_config.projection_dim,), jnp.float32))
+        return RectifiedModel(autoencoder, unet, null_context, rectifier, clip_vision, text_direction)
 
     def pretrained_state(self) -> FlatState:
         from editdiff.interop.diffusers_unet import load_unet
@@ -299,7 +414,26 @@ class RectifierMethod(Method):
             vae = load_vae(pretrained_path(self.config, "vae"))
             state.update({("autoencoder", *p): np.asarray(v[...])
                           for p, v in nnx.to_flat_state(nnx.state(vae, nnx.Param))})
+        if self.editing:
+            vision = transformers_clip.load_clip_vision(self.config.objective.clip)
+            state.update({("clip_vision", *p): np.asarray(v[...])
+                          for p, v in nnx.to_flat_state(nnx.state(vision, nnx.Param))})
+            state[("text_direction",)] = self.text_direction()
         return state
+
+    def text_direction(self) -> np.ndarray:
+        """Delta T (P,): the unit CLIP text direction from objective.source_text to target_text, averaged over
+        CLIP's prompt templates (computed once)."""
+        if self._text_direction is None:
+            objective = self.config.objective
+            clip = objective.clip
+            tokenizer = transformers_clip.load_clip_tokenizer(clip)
+            text_model = transformers_clip.load_clip_text(clip)
+            length = text_model.config.max_position_embeddings
+            ids = [jnp.asarray(transformers_clip.tokenize(tokenizer, clip_losses.fill_templates(text), length))
+                   for text in (objective.source_text, objective.target_text)]
+            self._text_direction = np.asarray(clip_losses.text_direction(text_model, *ids))
+        return self._text_direction
 
     @property
     def trainable(self) -> nnx.filterlib.Filter:
@@ -314,14 +448,24 @@ class RectifierMethod(Method):
     # -- training and inference -----------------------------------------------------------------------
 
     def loss(self, model: RectifiedModel, batch: Batch, rng: jax.Array):
+        """Reconstruction: the noise loss of eq. 1. Editing: Algorithm 1's L_edit (module docstring)."""
         t_key, noise_key = jax.random.split(rng)
         z_0 = model.encode(batch["image"])
         t = sample_timesteps(t_key, z_0.shape[0], self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_key, z_0.shape, jnp.float32)
         z_t = q_sample(self.schedule, z_0, t, noise)
         prediction = model.rectified_prediction(self.schedule, z_t, t, z_0)
-        loss = diffusion_loss(self.schedule, prediction, z_0, noise, t, **loss_settings(self.config.diffusion))
-        return loss, {}
+        if not self.editing:
+            loss = diffusion_loss(self.schedule, prediction, z_0, noise, t, **loss_settings(self.config.diffusion))
+            return loss, {}
+        estimate, _ = x0_and_eps(self.schedule, z_t, t, prediction)  # P~_t
+        edited = model.decode(estimate)
+        direction = clip_losses.directional_clip_loss(model.clip_vision, batch["image"], edited,
+                                                      model.text_direction[...], self.clip_preprocess)
+        l1 = jnp.mean(jnp.abs(edited - batch["image"]), axis=(1, 2, 3))
+        objective = self.config.objective
+        loss = jnp.mean(objective.lambda_clip * direction + objective.lambda_recon * l1)
+        return loss, {"direction_loss": jnp.mean(direction), "l1": jnp.mean(l1)}
 
     def reconstruct(self, model: RectifiedModel, images: jax.Array, num_steps: int,
                     arms: tuple[str, ...] = ("rectified",)) -> dict[str, jax.Array]:
@@ -361,11 +505,82 @@ class RectifierMethod(Method):
 
         return jnp.mean(jax.lax.map(gap_at, jnp.asarray(grid, jnp.int32)), axis=0)
 
+    def export(self, model: RectifiedModel, directory: str) -> list[str]:
+        """`unet/` (the frozen U-Net), `null_context/`, `scheduler/` (the base's), `vae/` (VAE bases), `rectifier/`
+        (R for PyTorch, editdiff/interop/rectifier.py) and `rectifier.json` (modulate, autoencoder, and
+        torch_max_abs_error: the PyTorch rectified prediction against the JAX one); returns the paths written."""
+        import shutil
+
+        from editdiff.interop.diffusers_unet import export_unet
+        from editdiff.interop.rectifier import export_rectifier, exported_prediction_error
+        from editdiff.interop.torch_io import write_safetensors
+        from editdiff.methods.ldm import NULL_CONTEXT_FILE, load_null_context
+
+        if jax.process_index() != 0:
+            return []
+        unet, rectifier = os.path.join(directory, "unet"), os.path.join(directory, "rectifier")
+        scheduler = os.path.join(directory, SCHEDULER_FILE)
+        written = [unet, os.path.join(directory, NULL_CONTEXT_FILE), scheduler, rectifier]
+        export_unet(model.unet, unet)
+        write_safetensors(written[1], {"null_context": np.asarray(model.null_context[...], np.float32)})
+        os.makedirs(os.path.dirname(scheduler), exist_ok=True)
+        shutil.copyfile(os.path.join(self.config.pretrained.root, SCHEDULER_FILE), scheduler)
+        export_rectifier(model.rectifier, rectifier, model.unet)
+        if self.base["autoencoder"]["kind"] == "vae":  # the autoencoder entry names this subfolder
+            from editdiff.interop.diffusers_vae import export_vae
+
+            written.append(os.path.join(directory, "vae"))
+            export_vae(model.autoencoder, written[-1])
+        error = exported_prediction_error(model, self.schedule, unet_directory=unet, rectifier_directory=rectifier,
+                                          scheduler_directory=os.path.dirname(scheduler),
+                                          null_context=load_null_context(directory))
+        if error is not None:
+            logging.info("Exported rectified prediction in PyTorch vs JAX: max abs error %.2e", error)
+        written.append(os.path.join(directory, "rectifier.json"))
+        with open(written[-1], "w") as f:
+            json.dump({"method": "rectifier", "modulate": list(self.config.model.modulate),
+                       "autoencoder": self.base["autoencoder"],
+                       "scaling_factor": float(model.autoencoder.scaling_factor), "torch_max_abs_error": error},
+                      f, indent=2)
+        return written
+
     # -- evaluation -----------------------------------------------------------------------------------
 
+    def edit(self, model: RectifiedModel, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The rectified (or edited) and the frozen reverse pass from the frozen DDIM inversion of `image`
+        (H, W, 3): at the training photos' scale (short side config.data.resize_short_side, when set), centre-
+        cropped to a multiple of the latent U-Net's downsampling (module docstring)."""
+        short_side = self.config.data.resize_short_side
+        if short_side and min(image.shape[:2]) != short_side:
+            logging.info("--mode=edit: resized %dx%d to the short side %d of the training photos "
+                         "(config.data.resize_short_side)", image.shape[1], image.shape[0], short_side)
+            image = resize_short_side((image + 1.0) / 2.0, short_side) * 2.0 - 1.0
+        multiple = self._autoencoder_factor() * 2 ** (len(self.unet_config.block_out_channels) - 1)
+        height, width = (n - n % multiple for n in image.shape[:2])
+        if not (height and width):
+            raise ValueError(f"--mode=edit: an image of {image.shape[1]}x{image.shape[0]} px is smaller than the "
+                             f"model's {multiple} px grid")
+        top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+        if (height, width) != image.shape[:2]:
+            logging.info("--mode=edit: centre-cropped %dx%d to %dx%d (a multiple of %d px)", image.shape[1],
+                         image.shape[0], width, height, multiple)
+        cropped = np.asarray(image[top:top + height, left:left + width], np.float32)
+        results = {arm: np.asarray(images[0]) for arm, images in self._edit(model, jnp.asarray(cropped[None])).items()}
+        return {"edited" if self.editing else "rectified": results["rectified"], "frozen": results["frozen"],
+                "input": cropped}
+
+    def _autoencoder_factor(self) -> int:
+        """The base autoencoder's downsampling factor, from its config (no weights read)."""
+        autoencoder = self.base["autoencoder"]
+        if autoencoder["kind"] == "patch":
+            return autoencoder["factor"]
+        from editdiff.nn.vae import VAEConfig
+
+        return VAEConfig.from_diffusers(read_config(pretrained_path(self.config, "vae"))).downsample_factor
+
     def evaluators(self) -> list[Evaluator]:
-        return [ReconstructionEvaluator(name, entry.every, self, entry) for name, entry in self.config.evals.items()
-                if entry.kind == "reconstruction"]
+        kinds = {"reconstruction": ReconstructionEvaluator, "editing": EditingEvaluator}
+        return [kinds[entry.kind](name, entry.every, self, entry) for name, entry in self.config.evals.items()]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -375,8 +590,9 @@ class RectifierMethod(Method):
 ARMS = ("frozen", "rectified")
 
 
-class ReconstructionEvaluator(Evaluator):
-    """The paper's Table 1 on held-out photos at each step count, frozen beside rectified (module docstring)."""
+class _HeldOutEvaluator(Evaluator):
+    """An evaluator on the entry's held-out photos (N, H, W, 3), in chunks of its batch size, scored against
+    them with the pixel metrics."""
 
     writes_samples = True
 
@@ -385,13 +601,6 @@ class ReconstructionEvaluator(Evaluator):
         self.method, self.settings = method, settings
         self.images = data.fixed_examples(method.config.data, "heldout", settings.num_images, settings.seed,
                                           captioned=False)["image"]
-        # One program per step count (one inversion shared by both arms): {arm: (reconstructions (B, H, W, 3),
-        # gaps (B,))}.
-        self._evaluate = {n: ModelFunction(
-            lambda model, images, key, n=n: {
-                arm: (images_of_arm, method.posterior_gap(model, images, n, arm == "rectified", key))
-                for arm, images_of_arm in method.reconstruct(model, images, n, ARMS).items()})
-            for n in settings.num_steps}
         self._lpips = None
 
     def _chunks(self):
@@ -416,6 +625,20 @@ class ReconstructionEvaluator(Evaluator):
             scores["LPIPS"] = float(jnp.mean(distance(network, jnp.asarray(reconstructed), jnp.asarray(self.images))))
         return scores
 
+
+class ReconstructionEvaluator(_HeldOutEvaluator):
+    """The paper's Table 1 on held-out photos at each step count, frozen beside rectified (module docstring)."""
+
+    def __init__(self, name: str, every: int, method: RectifierMethod, settings: ml_collections.ConfigDict):
+        super().__init__(name, every, method, settings)
+        # One program per step count (one inversion shared by both arms): {arm: (reconstructions (B, H, W, 3),
+        # gaps (B,))}.
+        self._evaluate = {n: ModelFunction(
+            lambda model, images, key, n=n: {
+                arm: (images_of_arm, method.posterior_gap(model, images, n, arm == "rectified", key))
+                for arm, images_of_arm in method.reconstruct(model, images, n, ARMS).items()})
+            for n in settings.num_steps}
+
     def __call__(self, model, step, workdir, writer):
         key = jax.random.key(self.settings.seed)
         scores, columns = {}, [("source", self.images[:self.settings.grid_images])]
@@ -430,6 +653,46 @@ class ReconstructionEvaluator(Evaluator):
                                                       "posterior_gap": float(np.mean(np.concatenate(gaps)))}
                 columns.append((f"{arm} {n}", reconstructed[:self.settings.grid_images]))
         higher = {"L1": False, "L2": False, "SSIM": True, "LPIPS": False, "posterior_gap": False}
+        write_scores(workdir, step, scores, higher_is_better=higher, writer=writer)
+        if self.settings.grid_images:
+            labels = [f"held-out {i}" for i in range(len(columns[0][1]))]
+            write_grid(workdir, step, labelled_grid(columns, labels), folder=self.name, writer=writer)
+        return scores
+
+
+EDITING_ARMS = {"frozen": "frozen", "rectified": "edited"}  # reconstruct's arm -> the editing table's
+
+
+class EditingEvaluator(_HeldOutEvaluator):
+    """The edit of held-out photos by the prompt pair, frozen reconstruction beside edited (module docstring)."""
+
+    def __init__(self, name: str, every: int, method: RectifierMethod, settings: ml_collections.ConfigDict):
+        super().__init__(name, every, method, settings)
+        objective = method.config.objective
+        self.set_name = f"{objective.source_text} -> {objective.target_text}"
+
+        def evaluate(model, images):
+            """{arm: (images (B, H, W, 3), CLIP_direction (B,), CLIP_image (B,))}."""
+            results = method.reconstruct(model, images, settings.num_steps, ARMS)
+            embedded = clip_losses.image_embeddings(model.clip_vision, jnp.concatenate(
+                [images, *results.values()], axis=0), method.clip_preprocess)
+            source, *arms = jnp.split(embedded, 1 + len(results), axis=0)
+            return {EDITING_ARMS[arm]: (edited, 1.0 - clip_losses.direction_loss(e - source, model.text_direction[...]),
+                                        clip_losses.cosine_similarity(e, source))
+                    for (arm, edited), e in zip(results.items(), arms)}
+
+        self._evaluate = ModelFunction(evaluate)
+
+    def __call__(self, model, step, workdir, writer):
+        results = [(count, self._evaluate(model, chunk)) for count, chunk in self._chunks()]
+        scores, columns = {self.set_name: {}}, [("source", self.images[:self.settings.grid_images])]
+        for arm in EDITING_ARMS.values():
+            edited, direction, identity = (np.concatenate([np.asarray(by_arm[arm][i])[:count] for count, by_arm in results])
+                                           for i in range(3))
+            scores[self.set_name][arm] = {"CLIP_direction": float(np.mean(direction)), **self._metrics(edited),
+                                          "CLIP_image": float(np.mean(identity))}
+            columns.append((arm, edited[:self.settings.grid_images]))
+        higher = {"CLIP_direction": True, "CLIP_image": True, "L1": False, "L2": False, "SSIM": True, "LPIPS": False}
         write_scores(workdir, step, scores, higher_is_better=higher, writer=writer)
         if self.settings.grid_images:
             labels = [f"held-out {i}" for i in range(len(columns[0][1]))]

@@ -200,7 +200,7 @@ def build_run_state(
         params, model_state, frozen = _initialise(method, config.seed, layout, parts=(0, 1, 2))
         _fill_pretrained({"params": params, "frozen": frozen}, pretrained)
         if config.init_from.workdir:
-            apply_init_from(params, config)
+            apply_init_from(params, model_state, config)
         state = jax.jit(lambda p, m: init_train_state(p, m, optimizer), out_shardings=state_sharding,
                         donate_argnums=0)(params, model_state)
     if config.frozen_from:

@@ -14,9 +14,16 @@ Warm starts and composed models:
                                  subtree `target` of this model, at every start
     config.evals.NAME            {kind, every, ...}: an evaluator of the method (kinds: the method's
                                  `evaluator_kinds`), run every `every` steps and after the last (0: last only)
+
+`--mode=edit` (editdiff/train/modes.py):
+
+    config.edit.input            an image file, or a folder whose images (below it, recursively) are edited
+    config.edit.output           where the results go ("" = WORKDIR/edit)
+    config.edit.*                the method's own edit settings (its config_sections check them)
 """
 from __future__ import annotations
 
+import os
 import re
 
 import ml_collections
@@ -72,6 +79,7 @@ def default_train_config() -> ml_collections.ConfigDict:
                                                       params="ema", include=""))
     config.frozen_from = ml_collections.ConfigDict()
     config.evals = ml_collections.ConfigDict()
+    config.edit = ml_collections.ConfigDict(dict(input="", output=""))
     return config
 
 
@@ -101,6 +109,32 @@ def _is_regex(value) -> bool:
 
 
 _REGEX: checks.Check = (_is_regex, "a Python regular expression ('' = every path)")
+
+
+_EDIT_INPUT: checks.Check = ((lambda v: isinstance(v, str) and (v == "" or os.path.exists(v))),
+                              "'' (no edit) or an existing image file or folder")
+
+
+def _warm_start_rule(prefix: str, *, same_method: bool):
+    """A rule: `config.PREFIX.workdir` ("" = off) is a training run's workdir (config.json and checkpoints/),
+    of this config's method when `same_method`. Read before anything is built (warm_start.py reads it again)."""
+
+    def rule(config) -> list[str]:
+        from editdiff.train.checkpoint import read_saved_config
+
+        workdir = config[prefix].workdir
+        if not workdir:
+            return []
+        saved = read_saved_config(workdir)
+        if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            return [f"config.{prefix}.workdir = {workdir!r} is invalid; allowed: the workdir of a training run "
+                    "(config.json and checkpoints/)"]
+        if same_method and saved.get("method") != config.method:
+            return [f"config.{prefix}.workdir = {workdir!r} is a {saved.get('method')!r} run; allowed: a "
+                    f"{config.method!r} run"]
+        return []
+
+    return rule
 
 
 def _mesh_rules(config) -> list[str]:
@@ -169,13 +203,15 @@ def train_sections(evaluator_kinds: tuple[str, ...]) -> list[checks.Section]:
         checks.Section("mesh", {"data": _MESH_AXIS, "fsdp": _MESH_AXIS, "fsdp_min_size": checks.int_at_least(1)},
                        rules=(_mesh_rules,)),
         distributed_section(),
-        checks.Section("init_from", {**_WARM_START_CHECKS, "include": _REGEX}),
+        checks.Section("init_from", {**_WARM_START_CHECKS, "include": _REGEX},
+                       rules=(_warm_start_rule("init_from", same_method=True),)),
         checks.Section("frozen_from", {}, closed=False, rules=(_entries_rule(
             "frozen_from", {**_WARM_START_CHECKS, "source": checks.string(), "target": checks.string()}),)),
         checks.Section("evals", {}, closed=False, rules=(_entries_rule(
             "evals", {"kind": checks.one_of(evaluator_kinds) if evaluator_kinds else
                       ((lambda v: False), "nothing: this method has no evaluators"),
                       "every": checks.int_at_least(0)}, closed=False),)),
+        checks.Section("edit", {"input": _EDIT_INPUT, "output": checks.string()}, closed=False),
     ]
 
 

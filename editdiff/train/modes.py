@@ -4,8 +4,9 @@
     eval     every evaluator of `config.evals` on the newest checkpoint's EMA model -> WORKDIR/eval/, ...
     sample   the evaluators that write sample grids -> WORKDIR/samples/
     export   the newest checkpoint's EMA model as PyTorch-loadable directories -> WORKDIR/export/
+    edit     the newest checkpoint's EMA model on config.edit.input (an image or a folder) -> WORKDIR/edit/
 
-eval, sample and export only read the workdir (no lock, no optimiser state), so they work while a training
+eval, sample, export and edit only read the workdir (no lock, no optimiser state), so they work while a training
 run is writing it.
 """
 from __future__ import annotations
@@ -15,18 +16,20 @@ import os
 
 import jax
 import ml_collections
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from editdiff.methods.base import Method
+from editdiff.train import edit_io
 from editdiff.train import mesh as mesh_lib
 from editdiff.train.build import load_trained_model, method_class
 from editdiff.train.compilation_cache import enable_compilation_cache
 from editdiff.train.config import validate_config
 from editdiff.train.distributed import initialize_distributed
 from editdiff.train.loop import TrainOutcome, run_evaluators, train_and_evaluate
+from input_pipeline.images import SkipLog, UnreadableImage, load_image
 
-MODES = ("train", "eval", "sample", "export")
+MODES = ("train", "eval", "sample", "export", "edit")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
@@ -75,8 +78,38 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     return written
 
 
+def edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Edits config.edit.input (an image, or every image below a folder) with the newest checkpoint's EMA model
+    (`Method.edit`). Per input NAME (its path below the folder, or its file name), writes OUTPUT/LABEL/NAME.png
+    for each result the method returns, and OUTPUT/compare/NAME.png: the results side by side under their
+    labels. OUTPUT is config.edit.output ("" = WORKDIR/edit). Unreadable files are skipped, logged and counted.
+    Returns {"written": [paths], "skipped": {path: reason}}."""
+    if not config.edit.input:
+        raise ValueError("config.edit.input = '' is invalid for --mode=edit; allowed: an image file or a folder of "
+                         "images (e.g. --config.edit.input=photo.png)")
+    inputs = edit_io.list_inputs(config.edit.input)
+    method, model, step = _restored(config, workdir)
+    model.eval()
+    output = config.edit.output or os.path.join(workdir, "edit")
+    written, skipped = [], SkipLog()
+    progress = periodic_actions.ReportProgress(num_train_steps=len(inputs), every_steps=1)  # images/s and ETA
+    for done, (name, path) in enumerate(inputs, start=1):
+        try:
+            image = load_image(path) * 2.0 - 1.0
+        except UnreadableImage as error:
+            skipped.add(path, str(error))
+            continue
+        results = method.edit(model, image)
+        if jax.process_index() == 0:
+            written += edit_io.write_results(output, name, results)
+        progress(done)
+    logging.info("Edited %d of %d images with step %d into %s; %d unreadable file(s) skipped",
+                 len(inputs) - len(skipped), len(inputs), step, output, len(skipped))
+    return {"written": written, "skipped": skipped.as_dict()}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
     """Dispatches `mode` (one of MODES)."""
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r} is invalid; allowed: {', '.join(MODES)}")
-    return {"train": train, "eval": evaluate, "sample": sample, "export": export}[mode](config, workdir)
+    return {"train": train, "eval": evaluate, "sample": sample, "export": export, "edit": edit}[mode](config, workdir)

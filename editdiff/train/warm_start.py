@@ -3,7 +3,8 @@ parts trained elsewhere).
 
 Both read the other run's checkpoint through a read-only Checkpointer (the other run may still be
 training), take its EMA or raw trainable parameters (never its optimiser state), and copy them by path into
-this run's parameters. Paths are written dotted, e.g. `head.layers.0.kernel`. A missing workdir, a workdir
+this run's parameters; a warm start also copies the BatchNorm statistics under the selected paths, which belong
+with the parameters they were gathered for. Paths are written dotted, e.g. `head.layers.0.kernel`. A missing workdir, a workdir
 of another method, a missing path or a shape that differs is a ValueError naming them.
 """
 from __future__ import annotations
@@ -35,9 +36,9 @@ def _listed(paths: list[str]) -> str:
 
 def read_run_parameters(workdir: str, *, step: int | None, params: str, method: str | None, key: str
                         ) -> tuple[int, dict[str, np.ndarray]]:
-    """(step, {dotted path: array}) of the `params` ("ema" or "params") trainable parameters of another
-    run's checkpoint (newest, or `step`). `method`: the method that run must be (None: any); `key`: the
-    config key being served, for messages."""
+    """(step, {dotted path: array}) of the `params` ("ema" or "params" trainable parameters, or "model_state":
+    the non-parameter variables) of another run's checkpoint (newest, or `step`). `method`: the method that
+    run must be (None: any); `key`: the config key being served, for messages."""
     saved = read_saved_config(workdir)
     if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise ValueError(f"config.{key}.workdir = {workdir!r} is invalid; allowed: the workdir of a training run "
@@ -45,7 +46,7 @@ def read_run_parameters(workdir: str, *, step: int | None, params: str, method: 
     if method is not None and saved.get("method") != method:
         raise ValueError(f"config.{key}.workdir = {workdir!r} is a {saved.get('method')!r} run; allowed: a "
                          f"{method!r} run")
-    part = "ema_params" if params == "ema" else "params"
+    part = {"ema": "ema_params", "params": "params", "model_state": "model_state"}[params]
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
         step = step if step is not None else checkpointer.latest_step()
@@ -75,12 +76,13 @@ def _replace(state: nnx.State, values: Mapping[str, np.ndarray], key: str) -> No
         variables[path].set_value(jax.device_put(np.asarray(value, current.dtype), current.sharding))
 
 
-def apply_init_from(params: nnx.State, config: ml_collections.ConfigDict) -> list[str]:
-    """Overwrites the trainable `params` selected by `config.init_from.include` with the other run's;
-    returns the dotted paths set. Every selected path must exist there with the same shape."""
+def apply_init_from(params: nnx.State, model_state: nnx.State, config: ml_collections.ConfigDict) -> list[str]:
+    """Overwrites the trainable `params` selected by `config.init_from.include` with the other run's, and the
+    BatchNorm statistics of `model_state` under the same selection with its statistics; returns the dotted
+    paths set. Every selected path must exist there with the same shape."""
     init_from = config.init_from
-    _, source = read_run_parameters(init_from.workdir, step=init_from.step, params=init_from.params,
-                                    method=config.method, key="init_from")
+    step, source = read_run_parameters(init_from.workdir, step=init_from.step, params=init_from.params,
+                                       method=config.method, key="init_from")
     pattern = re.compile(init_from.include)
     selected = [dotted(path) for path, _ in nnx.to_flat_state(params) if pattern.search(dotted(path))]
     if not selected:
@@ -90,8 +92,19 @@ def apply_init_from(params: nnx.State, config: ml_collections.ConfigDict) -> lis
         raise ValueError(f"config.init_from.workdir = {init_from.workdir!r} lacks these trainable parameters: "
                          f"{_listed(missing)}")
     _replace(params, {p: source[p] for p in selected}, "init_from")
-    logging.info("Initialised %d trainable arrays from %s (config.init_from)", len(selected), init_from.workdir)
-    return selected
+    selected_statistics = [dotted(path) for path, variable in nnx.to_flat_state(model_state)
+                           if isinstance(variable, nnx.BatchStat) and pattern.search(dotted(path))]
+    if selected_statistics:
+        _, stored = read_run_parameters(init_from.workdir, step=step, params="model_state", method=config.method,
+                                        key="init_from")
+        missing = [p for p in selected_statistics if p not in stored]
+        if missing:
+            raise ValueError(f"config.init_from.workdir = {init_from.workdir!r} lacks these BatchNorm statistics: "
+                             f"{_listed(missing)}")
+        _replace(model_state, {p: stored[p] for p in selected_statistics}, "init_from")
+    logging.info("Initialised %d trainable arrays and %d BatchNorm statistics from %s (config.init_from)",
+                 len(selected), len(selected_statistics), init_from.workdir)
+    return selected + selected_statistics
 
 
 def apply_frozen_from(frozen: nnx.State, config: ml_collections.ConfigDict) -> list[str]:
