@@ -43,6 +43,11 @@ logged when they change it), inverted with `config.edit.num_steps` frozen DDIM s
 rectified U-Net (label `rectified`, or `edited` for an editing run) and with the frozen one (`frozen`), beside
 the input as the model saw it (`input`).
 
+`--mode=export`: a self-contained directory: unet/ (the frozen U-Net), null_context/, scheduler/ (the base's),
+vae/ (VAE bases), rectifier/ (R for PyTorch, editdiff/interop/rectifier.py) and rectifier.json, whose
+torch_max_abs_error is the PyTorch rectified prediction (diffusers U-Net, R's offsets hooked onto its convs)
+against the JAX one.
+
 Evaluators (`config.evals.NAME.kind`):
 
     reconstruction   on `num_images` held-out photos, for every step count N of `num_steps` (the paper's Table
