@@ -56,6 +56,19 @@ optionally with the modifier `,edit`:
       -> runs/rectifier_edit/edit/{edited,frozen,input,compare}/chelsea.png; at that scale and aspect the
       32 px memorising base gives colour mush for both arms.
 
+  ddpm — the paper's setup: a pixel-space DDPM backbone (a diffusers DDPMPipeline directory: unet/ a
+      UNet2DModel such as google/ddpm-celebahq-256's, scheduler/; DDPM's linear schedule, epsilon prediction),
+      256 px photos, R with the paper's ResNet-34 encoder over the 6-channel concat(x_0, P_t), the mid and up
+      blocks modulated, 20000 steps, the reconstruction table every 5000. No such weights exist on this machine;
+      the commands (bundled photos by default; a face folder as the paper:
+      --config.data.source.kind=folder --config.data.source.folder=DIR):
+
+        python main.py --config configs/rectifier.py:ddpm --config.pretrained.root=DDPM_DIR --workdir runs/rectifier_ddpm
+        python main.py --config configs/rectifier.py:ddpm,edit --config.pretrained.root=DDPM_DIR \
+            --config.objective.clip=CLIP_DIR --config.init_from.workdir=runs/rectifier_ddpm --workdir runs/ddpm_edit
+
+      (tests/test_rectifier.py runs this path on a tiny random UNet2DModel: R learns, the export reproduces it.)
+
   tiny — for tests: two steps, a one-stage rectifier on the mid block's convs only; the base is a test's tiny
       ldm export (`--config.pretrained.root`); `tiny,edit` its editing stage (`--config.objective.clip`).
 
@@ -111,6 +124,18 @@ def _demo() -> ml_collections.ConfigDict:
     return config
 
 
+def _ddpm() -> ml_collections.ConfigDict:
+    config = _base("demo")
+    config.pretrained.root = ""  # a DDPMPipeline directory (unet/ UNet2DModel, scheduler/): --config.pretrained.root
+    config.diffusion.update(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                            prediction_type="epsilon")  # DDPM's (Ho et al.); the run checks them against the base's
+    config.data.crop_size = config.data.resize_short_side = 256
+    t = config.train
+    t.num_steps, t.log_every, t.checkpoint_every = 20000, 100, 1000
+    config.evals.reconstruction.update(every=5000, num_images=8, batch_size=4)
+    return config
+
+
 def _tiny() -> ml_collections.ConfigDict:
     config = _base("tiny")
     config.model.modulate = ("mid_block",)  # 4 of the tiny U-Net's 15 convs: a quicker compile
@@ -129,22 +154,25 @@ def _edit(config: ml_collections.ConfigDict, preset: str) -> None:
     config.objective.update(kind="editing", source_text="photo", target_text="sketch")
     t = config.train
     t.learning_rate, t.schedule, t.decay_every, t.decay_rate = 1e-3, "exponential", 10, 0.9
-    if preset == "demo":
-        config.objective.clip = DEMO_CLIP
-        config.init_from.workdir = DEMO_RECONSTRUCTION
-        t.num_steps, t.checkpoint_every = 100, 100
-        config.evals = ml_collections.ConfigDict(dict(editing=editing_entry(num_steps=20, num_images=8)))
-        config.edit.num_steps = 20
-    else:
+    if preset == "tiny":
         config.evals = ml_collections.ConfigDict(dict(editing=editing_entry(num_steps=2, num_images=2, batch_size=2,
                                                                             grid_images=2)))
         config.edit.num_steps = 2
+        return
+    steps = 20 if preset == "demo" else 50  # the paper's 50; fewer for the CPU demo
+    t.num_steps, t.checkpoint_every = 100, 100
+    config.evals = ml_collections.ConfigDict(dict(editing=editing_entry(num_steps=steps, num_images=8,
+                                                                        batch_size=config.evals.reconstruction.batch_size)))
+    config.edit.num_steps = steps
+    if preset == "demo":
+        config.objective.clip = DEMO_CLIP
+        config.init_from.workdir = DEMO_RECONSTRUCTION
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    """`arg` = preset (demo | tiny), optionally followed by the modifier `,edit` (the editing stage)."""
+    """`arg` = preset (demo | ddpm | tiny), optionally followed by the modifier `,edit` (the editing stage)."""
     preset, *modifiers = [part.strip() for part in (arg or "demo").split(",")]
-    presets = {"demo": _demo, "tiny": _tiny}
+    presets = {"demo": _demo, "ddpm": _ddpm, "tiny": _tiny}
     if preset not in presets:
         raise ValueError(f"configs/rectifier.py: unknown preset {preset!r}; allowed: {', '.join(presets)}")
     config = presets[preset]()

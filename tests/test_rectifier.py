@@ -3,7 +3,8 @@ model is tests/test_rectifier_head.py's): overfitting a batch moves only R and b
 writes the reconstruction table (sets reconstruction_N, arms frozen and rectified) and grid; the editing stage
 (tiny random CLIP) lowers its loss, warm-starts from the reconstruction run and writes the editing table;
 `--mode=edit` writes each arm per photo and skips an unreadable file; bad bases, editing without CLIP and a
-warm start from another method's run are clear errors before anything is built."""
+warm start from another method's run are clear errors before anything is built; on a pixel DDPM base (a
+UNet2DModel DDPMPipeline directory, the paper's backbone) R learns and its export reproduces the JAX prediction."""
 import json
 import os
 
@@ -49,9 +50,9 @@ def tiny(base_dir: str, arg: str = "tiny", clip_dir: str = ""):
     return config
 
 
-def _overfit(config, steps: int, learning_rate: float = 2e-3) -> list[float]:
-    """Losses of `steps` Adam steps on one batch with fixed timesteps and noise (it can be memorised); asserts
-    the U-Net (and any CLIP tower) stays as it was."""
+def _overfit(config, steps: int, learning_rate: float = 2e-3):
+    """(losses, method, trained model) of `steps` Adam steps on one batch with fixed timesteps and noise (it
+    can be memorised); asserts the U-Net (and any CLIP tower) stays as it was."""
     method, model = _built(config)
     batch = {k: jnp.asarray(v) for k, v in next(method.train_batches(start_step=0, process_index=0,
                                                                      process_count=1)).items()}
@@ -77,7 +78,7 @@ def _overfit(config, steps: int, learning_rate: float = 2e-3) -> list[float]:
     trained = nnx.merge(graphdef, params, rest, copy=True)
     jax.tree.map(np.testing.assert_array_equal, frozen_before,
                  jax.tree.map(np.asarray, nnx.state(trained, nnx.All(nnx.Param, nnx.Not(method.trainable)))))
-    return losses
+    return losses, method, trained
 
 
 def _built(config):
@@ -91,13 +92,13 @@ def _built(config):
 
 
 def test_overfitting_a_batch_moves_only_r_and_beats_the_frozen_unet(base):
-    losses = _overfit(tiny(base), 30)
+    losses, _, _ = _overfit(tiny(base), 30)
     print(f"rectifier overfitting one batch: loss {losses[0]:.4f} (the frozen U-Net's) -> {losses[-1]:.4f}")
     assert losses[-1] < 0.85 * losses[0]  # mid block only (the tiny preset): 1.36 -> 1.01 measured
 
 
 def test_the_editing_loss_falls_with_a_tiny_random_clip(base, clip):
-    losses = _overfit(tiny(base, "tiny,edit", clip), 20, learning_rate=1e-2)
+    losses, _, _ = _overfit(tiny(base, "tiny,edit", clip), 20, learning_rate=1e-2)
     print(f"rectifier editing loss on one batch: {losses[0]:.4f} -> {losses[-1]:.4f} in 20 Adam steps")
     assert losses[-1] < 0.8 * losses[0]  # 1.762 -> 1.255 measured
 
@@ -129,7 +130,7 @@ def test_a_base_that_is_no_ldm_export_or_of_another_schedule_is_a_clear_error(ba
     config = tiny(str(tmp_path))
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="config.pretrained.root: .*no ldm.json; config.pretrained.root must be"):
+    with pytest.raises(ValueError, match="config.pretrained.root: .*no ldm.json and no UNet2DModel in unet/; config.pretrained.root must be"):
         validate_config(config, RectifierMethod)
     config = tiny(base)
     config.diffusion.prediction_type = "v_prediction"
@@ -190,3 +191,36 @@ def test_editing_without_clip_or_from_another_methods_run_is_a_clear_error(base,
     config.evals.reconstruction.kind = "editing"
     with pytest.raises(ValueError, match=r"config.evals.reconstruction.kind = 'editing' is invalid here"):
         validate_config(config, RectifierMethod)
+
+
+@pytest.fixture(scope="module")
+def pixel_base(tmp_path_factory):
+    """A diffusers DDPMPipeline directory, the paper's kind of backbone: unet/ a tiny random UNet2DModel (an
+    attention block down and up, as google/ddpm-*), scheduler/ the tiny preset's schedule."""
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers import UNet2DModel as TorchUNet2D
+
+    root = tmp_path_factory.mktemp("ddpm")
+    torch.manual_seed(0)
+    TorchUNet2D(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8).save_pretrained(root / "unet")
+    d = get_config("tiny").diffusion
+    DDPMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule, beta_start=d.beta_start,
+                  beta_end=d.beta_end, prediction_type=d.prediction_type).save_pretrained(root / "scheduler")
+    return str(root)
+
+
+def test_a_pixel_ddpm_base_trains_r_and_exports_the_modulated_unet(pixel_base, tmp_path):
+    losses, method, trained = _overfit(tiny(pixel_base), 20, learning_rate=1e-2)
+    print(f"rectifier on a pixel UNet2DModel: loss {losses[0]:.4f} -> {losses[-1]:.4f} in 20 Adam steps")
+    assert losses[-1] < 0.9 * losses[0]  # 1.149 -> 0.981 measured
+    trained.eval()
+    written = method.export(trained, str(tmp_path / "export"))
+    assert {os.path.relpath(p, tmp_path / "export") for p in written} == {
+        "unet", os.path.join("scheduler", "scheduler_config.json"), "rectifier", "rectifier.json"}
+    with open(tmp_path / "export" / "rectifier.json") as f:
+        summary = json.load(f)
+    print(f"pixel base export: PyTorch vs JAX rectified prediction, max abs error {summary['torch_max_abs_error']:.2e}")
+    assert summary["unet_class"] == "UNet2DModel" and summary["torch_max_abs_error"] < 1e-4

@@ -10,10 +10,11 @@
                              (`*.running_mean`, `*.running_var`)
 
 and `load_torch_rectifier` builds `TorchRectifier` from it, R in PyTorch in eval mode (the running averages).
-`modulated(unet, modulation)` makes a diffusers UNet2DConditionModel compute the modulated convs. A rectified
+`modulated(unet, modulation)` makes a diffusers UNet2DConditionModel or UNet2DModel compute the modulated convs. A rectified
 noise prediction in PyTorch, all tensors NCHW (what `torch_rectified_prediction` computes):
 
     frozen = unet(z_t, t, context).sample                        the frozen U-Net and the null context
+                                                                 (a UNet2DModel base: unet(z_t, t), no context)
     P_t = x_0 estimate of `frozen` at (z_t, t)                    the scheduler's alphas_cumprod and prediction type
     with modulated(unet, rectifier(z_0, P_t, t)):                {conv name: (a, b)}
         prediction = unet(z_t, t, context).sample
@@ -42,13 +43,14 @@ from editdiff.interop.diffusers_unet import unet_rules
 from editdiff.interop.name_map import Layout, Rule, conv_rules, dense_rules, export_state_dict, norm_rules
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
 from editdiff.nn.unet import UNet2DConditionModel
+from editdiff.nn.unet2d import UNet2DModel
 
 WEIGHTS_NAME = "rectifier.safetensors"
 # Rectifier.__call__'s sinusoid of t.
 FLIP_SIN_TO_COS, FREQ_SHIFT = True, 0
 
 
-def diffusers_conv_names(unet: UNet2DConditionModel, paths: Sequence[tuple]) -> list[str]:
+def diffusers_conv_names(unet: UNet2DConditionModel | UNet2DModel, paths: Sequence[tuple]) -> list[str]:
     """The diffusers module names of the convs at Flax `paths` of `unet`, e.g. ("up_blocks", 0, "upsample",
     "conv") -> "up_blocks.0.upsamplers.0.conv", read off the name map the U-Net's export uses. A path that
     names no conv of `unet` is a ValueError naming it."""
@@ -109,7 +111,8 @@ def rectifier_state_dict(rectifier: Rectifier) -> dict[str, np.ndarray]:
 # -- export and load ----------------------------------------------------------------------------------------
 
 
-def export_rectifier(rectifier: Rectifier, directory: str | os.PathLike, unet: UNet2DConditionModel) -> None:
+def export_rectifier(rectifier: Rectifier, directory: str | os.PathLike,
+                     unet: UNet2DConditionModel | UNet2DModel) -> None:
     """Writes `config.json` and `rectifier.safetensors` (module docstring) for `load_torch_rectifier`; the
     layers' diffusers names are those of R's Flax conv paths in `unet`, the U-Net R modulates."""
     paths = [path for path, _ in rectifier.layers]
@@ -299,29 +302,29 @@ def modulated(unet, modulation: Mapping[str, tuple]):
 
 def torch_rectified_prediction(unet, rectifier, context, alphas_cumprod, prediction_type: str, z_t, t, z_0):
     """The rectified prediction in PyTorch (module docstring), without gradients: diffusers `unet`,
-    `rectifier` a TorchRectifier, context (B, tokens, dim), alphas_cumprod (T,) float32 and `prediction_type`
+    `rectifier` a TorchRectifier, context (B, tokens, dim) (None for a UNet2DModel), alphas_cumprod (T,) float32 and `prediction_type`
     the schedule's (a DDIMScheduler's), z_t and z_0 (B, C, h, w), t (B,) int -> (B, C, h, w)."""
     import torch
 
+    context = () if context is None else (context,)
     with torch.no_grad():
-        frozen = unet(z_t, t, context).sample
+        frozen = unet(z_t, t, *context).sample
         alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
         # The JAX arithmetic (parameterisation.py), on torch tensors.
         estimate, _ = x0_and_eps_at(prediction_type, alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt(), z_t, frozen)
         with modulated(unet, rectifier(z_0, estimate, t)):
-            return unet(z_t, t, context).sample
+            return unet(z_t, t, *context).sample
 
 
 def exported_prediction_error(model, schedule, *, unet_directory: str, rectifier_directory: str,
-                              scheduler_directory: str, null_context: np.ndarray) -> float | None:
+                              scheduler_directory: str, null_context: np.ndarray | None) -> float | None:
     """Max abs difference between `model.rectified_prediction(schedule, ...)` (a RectifiedModel, in eval mode)
     and `torch_rectified_prediction` from the exported files (diffusers U-Net, TorchRectifier, DDIMScheduler's
-    alphas_cumprod and prediction type, the null context (1, tokens, dim)) on a fixed input: random z_t, z_0
+    alphas_cumprod and prediction type, the null context (1, tokens, dim), None for a UNet2DModel) on a fixed input: random z_t, z_0
     of R's latent shape, batch 2, t = (10, 900). None when torch or diffusers is not installed."""
     try:
         import torch
-        from diffusers import DDIMScheduler
-        from diffusers import UNet2DConditionModel as TorchUNet
+        import diffusers
     except ImportError:
         return None
     import jax
@@ -332,10 +335,12 @@ def exported_prediction_error(model, schedule, *, unet_directory: str, rectifier
     z_t, z_0 = (jax.random.normal(jax.random.key(seed), shape, jnp.float32) for seed in (0, 1))
     t = jnp.array([10, 900], jnp.int32)
     expected = np.asarray(nnx.jit(lambda m, *args: m.rectified_prediction(schedule, *args))(model, z_t, t, z_0))
-    scheduler = DDIMScheduler.from_pretrained(scheduler_directory)
+    scheduler = diffusers.DDIMScheduler.from_pretrained(scheduler_directory)
+    unet_class = diffusers.UNet2DConditionModel if null_context is not None else diffusers.UNet2DModel
+    context = None if null_context is None else torch.from_numpy(null_context).expand(2, -1, -1)
     nchw = lambda x: torch.from_numpy(np.asarray(x, np.float32).transpose(0, 3, 1, 2).copy())
     got = torch_rectified_prediction(
-        TorchUNet.from_pretrained(unet_directory).eval(), load_torch_rectifier(rectifier_directory),
-        torch.from_numpy(null_context).expand(2, -1, -1), scheduler.alphas_cumprod, scheduler.config.prediction_type,
+        unet_class.from_pretrained(unet_directory).eval(), load_torch_rectifier(rectifier_directory),
+        context, scheduler.alphas_cumprod, scheduler.config.prediction_type,
         nchw(z_t), torch.from_numpy(np.array(t)).long(), nchw(z_0))
     return float(np.abs(got.permute(0, 2, 3, 1).numpy() - expected).max())

@@ -29,8 +29,10 @@ Inference (the paper's, for an input image x_0): DDIM inversion of z_0 with the 
 DDIM reverse pass in which every step runs the frozen U-Net for P_t, R for the offsets and the modulated U-Net
 for the update. The frozen arm runs the same reverse pass without R.
 
-The base is an export of `configs/ldm.py` (`--mode=export`, read through `config.pretrained.root`): its
-ldm.json names the autoencoder, unet/ the U-Net, null_context/ the context of an unconditional base.
+The base (`config.pretrained.root`) is an export of `configs/ldm.py` (`--mode=export`): its ldm.json names the
+autoencoder, unet/ the U-Net, null_context/ the context of an unconditional base; or a diffusers DDPMPipeline
+directory, the paper's pixel-space DDPM backbones: unet/ a UNet2DModel (called without context), scheduler/,
+and z = x (no autoencoder: `PIXEL_BASE`).
 
 `config.model.modulate` names the blocks whose convs R modulates: the paper's ("mid_block", "up_blocks"), or
 fewer. `config.model.rectifier` holds RectifierConfig's sizes (editdiff/heads/rectifier.py).
@@ -100,6 +102,7 @@ from editdiff.nn.clip import CLIPVisionModel
 from editdiff.nn.clip_preprocess import resize_center_crop
 from editdiff.nn.patch_autoencoder import PatchAutoencoder
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, modulation_paths
+from editdiff.nn.unet2d import UNet2DConfig, UNet2DModel
 from editdiff.pretrained import pretrained_path, pretrained_section
 from input_pipeline import captions as data
 from input_pipeline.images import resize_short_side
@@ -204,12 +207,24 @@ def _sampler_section() -> checks.Section:
     return checks.Section("sampler", table, rules=(*shared.rules, ddim_only))
 
 
+# A pixel-space base (a diffusers DDPMPipeline directory: unet/ a UNet2DModel, scheduler/) described as an ldm
+# export describes itself: no autoencoder (pixel patches of 1), no context.
+PIXEL_BASE = {"unet_class": "UNet2DModel", "autoencoder": {"kind": "patch", "factor": 1},
+              "conditioning": "unconditional"}
+
+
 def read_base(root: str) -> dict[str, Any]:
-    """The base's ldm.json (an export of configs/ldm.py). CheckpointError when it is missing or not one."""
+    """The base's ldm.json (an export of configs/ldm.py), or PIXEL_BASE for a DDPMPipeline directory (the
+    paper's pixel DDPM backbones: unet/ a diffusers UNet2DModel, scheduler/). CheckpointError otherwise."""
     path = os.path.join(root, LDM_FILE)
+    unet_config = os.path.join(root, "unet", "config.json")
     if not os.path.isfile(path):
-        raise CheckpointError(f"{root}: no {LDM_FILE}; config.pretrained.root must be a `configs/ldm.py` export "
-                              "(python main.py --config configs/ldm.py --workdir W --mode=export writes W/export)")
+        if os.path.isfile(unet_config) and read_config(os.path.dirname(unet_config)).get("_class_name") == "UNet2DModel":
+            return dict(PIXEL_BASE)
+        raise CheckpointError(f"{root}: no {LDM_FILE} and no UNet2DModel in unet/; config.pretrained.root must be a "
+                              "`configs/ldm.py` export (python main.py --config configs/ldm.py --workdir W "
+                              "--mode=export writes W/export) or a diffusers DDPMPipeline directory (unet/ a "
+                              "UNet2DModel, scheduler/)")
     with open(path) as f:
         base = json.load(f)
     if base.get("conditioning") != "unconditional":
@@ -226,11 +241,17 @@ def _null_context_shape(root: str, base: dict[str, Any]) -> tuple[int, ...]:
         return tuple(f.get_slice("null_context").get_shape())
 
 
+def is_pixel_base(base: dict[str, Any]) -> bool:
+    return base.get("unet_class") == "UNet2DModel"
+
+
 def _base_rule(config) -> list[str]:
-    """The base directory exists, is an unconditional ldm export, and config.diffusion is its schedule."""
+    """The base directory exists, is an unconditional ldm export or a DDPMPipeline directory, and
+    config.diffusion is its schedule."""
     root = config.pretrained.root
     if not root:
-        return ["config.pretrained.root = '' is invalid; allowed: the export directory of a configs/ldm.py run"]
+        return ["config.pretrained.root = '' is invalid; allowed: the export directory of a configs/ldm.py run or "
+                "a diffusers DDPMPipeline directory"]
     try:
         read_base(root)
     except CheckpointError as error:
@@ -308,8 +329,8 @@ class RectifiedModel(nnx.Module):
     """The base's frozen autoencoder, U-Net and null context, and the trainable rectifier R; for an editing
     objective also the frozen CLIP image encoder and text direction Delta T (P,)."""
 
-    def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, null_context: nnx.Param,
-                 rectifier: Rectifier, clip_vision: CLIPVisionModel | None = None,
+    def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel | UNet2DModel,
+                 null_context: nnx.Param | None, rectifier: Rectifier, clip_vision: CLIPVisionModel | None = None,
                  text_direction: nnx.Param | None = None):
         self.autoencoder = autoencoder
         self.unet = unet
@@ -324,21 +345,24 @@ class RectifiedModel(nnx.Module):
     def decode(self, latents: jax.Array) -> jax.Array:
         return latents_lib.decode(self.autoencoder, latents)
 
-    def _context(self, batch_size: int) -> jax.Array:
+    def _unet(self, z_t: jax.Array, t: jax.Array, modulation=None) -> jax.Array:
+        """The U-Net at (z_t, t): with the null context (an ldm base), or a UNet2DModel (no context)."""
+        if self.null_context is None:
+            return self.unet(z_t, t, modulation=modulation).astype(jnp.float32)
         null = self.null_context[...]
-        return jnp.broadcast_to(null, (batch_size, *null.shape[1:]))
+        context = jnp.broadcast_to(null, (z_t.shape[0], *null.shape[1:]))
+        return self.unet(z_t, t, context, modulation=modulation).astype(jnp.float32)
 
     def frozen_prediction(self, z_t: jax.Array, t: jax.Array) -> jax.Array:
         """The frozen U-Net's prediction (the schedule's type) at (z_t (B, h, w, C), t (B,)), float32."""
-        return self.unet(z_t, t, self._context(z_t.shape[0])).astype(jnp.float32)
+        return self._unet(z_t, t)
 
     def rectified_prediction(self, schedule, z_t: jax.Array, t: jax.Array, z_0: jax.Array) -> jax.Array:
         """The modulated U-Net's prediction: P_t, the x_0 estimate of the frozen prediction under `schedule`
         (no gradient), Delta_t = R(z_0, P_t, t), then UNet_theta_hat(z_t, t). All (B, h, w, C) float32; t (B,)."""
         frozen = jax.lax.stop_gradient(self.frozen_prediction(z_t, t))
         estimate, _ = x0_and_eps(schedule, z_t, t, frozen)
-        modulation = self.rectifier(z_0, estimate, t)
-        return self.unet(z_t, t, self._context(z_t.shape[0]), modulation=modulation).astype(jnp.float32)
+        return self._unet(z_t, t, self.rectifier(z_0, estimate, t))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,8 +389,10 @@ class RectifierMethod(Method):
         self.schedule = schedule_from_config(config.diffusion)
         self.dtype = jnp.dtype(config.compute_dtype)
         self.base = read_base(config.pretrained.root)
-        self.unet_config = UNetConfig.from_diffusers(read_config(pretrained_path(config, "unet")))
-        self.null_context_shape = _null_context_shape(config.pretrained.root, self.base)
+        self.pixel = is_pixel_base(self.base)
+        unet_config = read_config(pretrained_path(config, "unet"))
+        self.unet_config = (UNet2DConfig if self.pixel else UNetConfig).from_diffusers(unet_config)
+        self.null_context_shape = None if self.pixel else _null_context_shape(config.pretrained.root, self.base)
         self.sample_function = ModelFunction(self.sample)
         self.editing = config.objective.kind == "editing"
         self._text_direction = None
@@ -390,9 +416,12 @@ class RectifierMethod(Method):
 
     def init_model(self, rngs: nnx.Rngs) -> RectifiedModel:
         autoencoder = self._autoencoder(rngs)
-        unet = UNet2DConditionModel(self.unet_config, rngs=rngs, dtype=self.dtype)
-        # The export's null context (its values come from pretrained_state).
-        null_context = nnx.Param(jnp.zeros(self.null_context_shape, jnp.float32))
+        if self.pixel:
+            unet, null_context = UNet2DModel(self.unet_config, rngs=rngs, dtype=self.dtype), None
+        else:
+            unet = UNet2DConditionModel(self.unet_config, rngs=rngs, dtype=self.dtype)
+            # The export's null context (its values come from pretrained_state).
+            null_context = nnx.Param(jnp.zeros(self.null_context_shape, jnp.float32))
         factor = autoencoder.downsample_factor
         rectifier_config = RectifierConfig(**self.config.model.rectifier.to_dict(),
                                            in_channels=2 * self.unet_config.in_channels,
@@ -407,12 +436,13 @@ class RectifierMethod(Method):
         return RectifiedModel(autoencoder, unet, null_context, rectifier, clip_vision, text_direction)
 
     def pretrained_state(self) -> FlatState:
-        from editdiff.interop.diffusers_unet import load_unet
+        from editdiff.interop.diffusers_unet import load_unet, load_unet2d
         from editdiff.methods.ldm import load_null_context
 
-        state = {("unet", *p): np.asarray(v[...])
-                 for p, v in nnx.to_flat_state(nnx.state(load_unet(pretrained_path(self.config, "unet")), nnx.Param))}
-        state[("null_context",)] = load_null_context(self.config.pretrained.root)
+        unet = (load_unet2d if self.pixel else load_unet)(pretrained_path(self.config, "unet"))
+        state = {("unet", *p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
+        if not self.pixel:
+            state[("null_context",)] = load_null_context(self.config.pretrained.root)
         if self.base["autoencoder"]["kind"] == "vae":
             from editdiff.interop.diffusers_vae import load_vae
 
@@ -511,12 +541,12 @@ class RectifierMethod(Method):
         return jnp.mean(jax.lax.map(gap_at, jnp.asarray(grid, jnp.int32)), axis=0)
 
     def export(self, model: RectifiedModel, directory: str) -> list[str]:
-        """`unet/` (the frozen U-Net), `null_context/`, `scheduler/` (the base's), `vae/` (VAE bases), `rectifier/`
-        (R for PyTorch, editdiff/interop/rectifier.py) and `rectifier.json` (modulate, autoencoder, and
-        torch_max_abs_error: the PyTorch rectified prediction against the JAX one); returns the paths written."""
+        """`unet/` (the frozen U-Net), `null_context/` (ldm bases), `scheduler/` (the base's), `vae/` (VAE bases),
+        `rectifier/` (R for PyTorch, editdiff/interop/rectifier.py) and `rectifier.json` (modulate, autoencoder,
+        and torch_max_abs_error: the PyTorch rectified prediction against the JAX one); returns the paths written."""
         import shutil
 
-        from editdiff.interop.diffusers_unet import export_unet
+        from editdiff.interop.diffusers_unet import export_unet, export_unet2d
         from editdiff.interop.rectifier import export_rectifier, exported_prediction_error
         from editdiff.interop.torch_io import write_safetensors
         from editdiff.methods.ldm import NULL_CONTEXT_FILE, load_null_context
@@ -525,9 +555,13 @@ class RectifierMethod(Method):
             return []
         unet, rectifier = os.path.join(directory, "unet"), os.path.join(directory, "rectifier")
         scheduler = os.path.join(directory, SCHEDULER_FILE)
-        written = [unet, os.path.join(directory, NULL_CONTEXT_FILE), scheduler, rectifier]
-        export_unet(model.unet, unet)
-        write_safetensors(written[1], {"null_context": np.asarray(model.null_context[...], np.float32)})
+        written = [unet, scheduler, rectifier]
+        (export_unet2d if self.pixel else export_unet)(model.unet, unet)
+        null_context = None
+        if not self.pixel:
+            written.append(os.path.join(directory, NULL_CONTEXT_FILE))
+            write_safetensors(written[-1], {"null_context": np.asarray(model.null_context[...], np.float32)})
+            null_context = load_null_context(directory)
         os.makedirs(os.path.dirname(scheduler), exist_ok=True)
         shutil.copyfile(os.path.join(self.config.pretrained.root, SCHEDULER_FILE), scheduler)
         export_rectifier(model.rectifier, rectifier, model.unet)
@@ -537,14 +571,13 @@ class RectifierMethod(Method):
             written.append(os.path.join(directory, "vae"))
             export_vae(model.autoencoder, written[-1])
         error = exported_prediction_error(model, self.schedule, unet_directory=unet, rectifier_directory=rectifier,
-                                          scheduler_directory=os.path.dirname(scheduler),
-                                          null_context=load_null_context(directory))
+                                          scheduler_directory=os.path.dirname(scheduler), null_context=null_context)
         if error is not None:
             logging.info("Exported rectified prediction in PyTorch vs JAX: max abs error %.2e", error)
         written.append(os.path.join(directory, "rectifier.json"))
         with open(written[-1], "w") as f:
             json.dump({"method": "rectifier", "modulate": list(self.config.model.modulate),
-                       "autoencoder": self.base["autoencoder"],
+                       "autoencoder": self.base["autoencoder"], "unet_class": type(model.unet).__name__,
                        "scaling_factor": float(model.autoencoder.scaling_factor), "torch_max_abs_error": error},
                       f, indent=2)
         return written
