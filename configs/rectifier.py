@@ -34,7 +34,8 @@ optionally with the modifier `,edit`:
       PyTorch rectified prediction (diffusers U-Net with R's offsets hooked onto the same convs) against JAX's:
       1.19e-06 for the demo. edit: PHOTO (or every photo of a folder) at the training scale (short side 32),
       inverted and sampled back with config.edit.num_steps DDIM steps (50) -> runs/rectifier/edit/{rectified,
-      frozen,input,compare}/NAME.png.
+      frozen,input,compare}/NAME.png (--config.edit.sampler=ddpm: the paper's ancestral reverse pass;
+      --config.edit.strength=0.5: SDEdit with the rectifier, from the photo re-noised half way).
 
   demo,edit — the editing stage (the paper's Algorithm 1) warm-started from runs/rectifier: R (and its
       BatchNorm statistics) from that run, directional CLIP loss "photo" -> "sketch" + L1 on the decoded x_0

@@ -224,3 +224,25 @@ def test_a_pixel_ddpm_base_trains_r_and_exports_the_modulated_unet(pixel_base, t
         summary = json.load(f)
     print(f"pixel base export: PyTorch vs JAX rectified prediction, max abs error {summary['torch_max_abs_error']:.2e}")
     assert summary["unet_class"] == "UNet2DModel" and summary["torch_max_abs_error"] < 1e-4
+
+
+def test_sdedit_and_the_ddpm_reverse_pass_start_both_arms_alike(base):
+    method, model = _built(tiny(base))  # R at initialisation: b = 0, so the rectified arm is the frozen one
+    model.eval()  # as evaluators and --mode=edit get it: BatchNorm with its running averages
+    images = jnp.asarray(next(method.train_batches(start_step=0, process_index=0, process_count=1))["image"][:2])
+    run = nnx.jit(lambda m, x, key, sampler, strength: method.reconstruct(m, x, 4, ("frozen", "rectified"),
+                                                                           sampler=sampler, strength=strength, key=key),
+                  static_argnums=(3, 4))
+    outcomes = {(sampler, strength, seed): run(model, images, jax.random.key(seed), sampler, strength)
+                for sampler, strength, seed in (("ddim", 0.5, 0), ("ddim", 0.5, 1), ("ddpm", 1.0, 0), ("ddpm", 1.0, 1))}
+    for arms in outcomes.values():
+        assert arms["frozen"].shape == images.shape
+        np.testing.assert_allclose(arms["rectified"], arms["frozen"], atol=1e-5)  # one start, one step noise
+    for sampler, strength in (("ddim", 0.5), ("ddpm", 1.0)):  # the noise comes from the seed
+        assert np.abs(outcomes[(sampler, strength, 0)]["frozen"] - outcomes[(sampler, strength, 1)]["frozen"]).max() > 1e-3
+    config = tiny(base)
+    config.edit.strength = 0.1  # int(50 * 0.1) = 5 steps: fine; 0.01 keeps none
+    validate_config(config, RectifierMethod)
+    config.edit.strength = 0.01
+    with pytest.raises(ValueError, match=r"config.edit.strength = 0.01 is invalid; allowed: in \(0, 1\] and keeping"):
+        validate_config(config, RectifierMethod)

@@ -41,8 +41,9 @@ Batch fields (`input_pipeline.captions`): `image` (B, H, W, 3) float32 in [-1, 1
 
 `--mode=edit`: each photo of `config.edit.input`, at the training photos' scale (short side
 `config.data.resize_short_side`, when set) and centre-cropped to a multiple of the model's downsampling (both
-logged when they change it), inverted with `config.edit.num_steps` frozen DDIM steps and sampled back with the
-rectified U-Net (label `rectified`, or `edited` for an editing run) and with the frozen one (`frozen`), beside
+logged when they change it), inverted with `config.edit.num_steps` frozen DDIM steps (or, with
+`config.edit.strength` < 1, SDEdit: re-noised part of the way) and sampled back (`config.edit.sampler`: DDIM,
+or DDPM as the paper's inference) with the rectified U-Net (label `rectified`, or `edited` for an editing run) and with the frozen one (`frozen`), beside
 the input as the model saw it (`input`).
 
 `--mode=export`: a self-contained directory: unet/ (the frozen U-Net), null_context/, scheduler/ (the base's),
@@ -142,10 +143,15 @@ def default_objective_config() -> ml_collections.ConfigDict:
                                           lambda_clip=1.0, lambda_recon=1.0))
 
 
+EDIT_SAMPLERS = ("ddim", "ddpm")
+
+
 def default_edit_config() -> ml_collections.ConfigDict:
-    """`config.edit` of `--mode=edit` (input, output: the trainer's), with the DDIM step count of the inversion
-    and of the reverse pass (the paper's 50)."""
-    return ml_collections.ConfigDict(dict(input="", output="", num_steps=50))
+    """`config.edit` of `--mode=edit` (input, output: the trainer's): the step count of the inversion and of the
+    reverse pass (the paper's 50), the reverse sampler ("ddim" deterministic, "ddpm" ancestral as the paper's
+    inference), strength (1: from the full DDIM inversion; < 1: SDEdit from the re-noised photo), the seed of
+    any noise drawn."""
+    return ml_collections.ConfigDict(dict(input="", output="", num_steps=50, sampler="ddim", strength=1.0, seed=0))
 
 
 def rectifier_diffusion_config() -> ml_collections.ConfigDict:
@@ -192,7 +198,17 @@ _EDITING_CHECKS = {**_RECONSTRUCTION_CHECKS, "num_steps": checks.int_at_least(1)
 _OBJECTIVE_CHECKS = {"kind": checks.one_of(OBJECTIVES), "clip": checks.string(), "source_text": checks.string(),
                      "target_text": checks.string(), "lambda_clip": checks.number_at_least(0),
                      "lambda_recon": checks.number_at_least(0)}
-_EDIT_CHECKS = {"input": checks.ANY, "output": checks.ANY, "num_steps": checks.int_at_least(1)}
+_EDIT_CHECKS = {"input": checks.ANY, "output": checks.ANY, "num_steps": checks.int_at_least(1),
+                "sampler": checks.one_of(EDIT_SAMPLERS), "strength": checks.number_in(0, 1), "seed": checks.int_at_least(0)}
+
+
+def _edit_rule(config) -> list[str]:
+    """SDEdit's strength keeps at least one step of the grid."""
+    edit = config.edit
+    if edit.strength <= 0 or int(edit.num_steps * edit.strength) < 1:
+        return [f"config.edit.strength = {edit.strength!r} is invalid; allowed: in (0, 1] and keeping at least one of "
+                f"config.edit.num_steps = {edit.num_steps} steps (int(num_steps * strength) >= 1)"]
+    return []
 _MODULATE: checks.Check = ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                             and all(b in MODULATED_BLOCKS for b in v)),
                            f"a non-empty tuple of {', '.join(repr(b) for b in MODULATED_BLOCKS)}")
@@ -377,7 +393,7 @@ class RectifierMethod(Method):
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
         base = [checks.Section("model", {"rectifier": checks.ANY, "modulate": _MODULATE}),
-                checks.Section("objective", _OBJECTIVE_CHECKS), checks.Section("edit", _EDIT_CHECKS),
+                checks.Section("objective", _OBJECTIVE_CHECKS), checks.Section("edit", _EDIT_CHECKS, rules=(_edit_rule,)),
                 diffusion_section(), _sampler_section(), *data.image_data_sections(),
                 pretrained_section(require=("unet",))]
         rules = ([] if any(s.problems(config) for s in base)
@@ -396,7 +412,10 @@ class RectifierMethod(Method):
         self.sample_function = ModelFunction(self.sample)
         self.editing = config.objective.kind == "editing"
         self._text_direction = None
-        self._edit = ModelFunction(lambda model, images: self.reconstruct(model, images, config.edit.num_steps, ARMS))
+        edit = config.edit
+        self._edit = ModelFunction(lambda model, images: self.reconstruct(
+            model, images, edit.num_steps, ARMS, sampler=edit.sampler, strength=edit.strength,
+            key=jax.random.key(edit.seed)))
         if self.editing:
             # CLIPImageProcessor's resize and centre crop to the tower's own resolution.
             self.clip_preprocess = functools.partial(
@@ -503,19 +522,33 @@ class RectifierMethod(Method):
         return loss, {"direction_loss": jnp.mean(direction), "l1": jnp.mean(l1)}
 
     def reconstruct(self, model: RectifiedModel, images: jax.Array, num_steps: int,
-                    arms: tuple[str, ...] = ("rectified",)) -> dict[str, jax.Array]:
-        """DDIM inversion of `images` (B, H, W, 3) with the frozen U-Net in `num_steps` steps (once), then the
-        DDIM reverse pass on the same grid per arm: "rectified" (the modulated U-Net) and/or "frozen".
+                    arms: tuple[str, ...] = ("rectified",), *, sampler: str = "ddim", strength: float = 1.0,
+                    key: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The reverse pass on the `num_steps`-step grid per arm, "rectified" (the modulated U-Net) and/or
+        "frozen", from `images` (B, H, W, 3): with strength 1, from their DDIM inversion with the frozen U-Net
+        (once, shared by the arms); with strength < 1, SDEdit: from the clean latent re-noised (noise from `key`)
+        to the first of the last int(num_steps * strength) steps. `sampler` "ddim" (deterministic) or "ddpm"
+        (ancestral, the paper's inference; step noise from `key`, the same for every arm).
         {arm: (B, H, W, 3) in [-1, 1]}."""
         z_0 = model.encode(images)
-        settings = {**inversion_settings(self.config.sampler), "num_steps": num_steps}
-        z_T = samplers.ddim_invert(model.frozen_prediction, self.schedule, z_0, **settings)
+        noise_key, step_key = jax.random.split(key if key is not None else jax.random.key(0))
+        if strength == 1.0:
+            settings = {**inversion_settings(self.config.sampler), "num_steps": num_steps}
+            start = dict(x_T=samplers.ddim_invert(model.frozen_prediction, self.schedule, z_0, **settings))
+        else:
+            start = dict(x_T=jax.random.normal(noise_key, z_0.shape, jnp.float32), init_latent=z_0, strength=strength)
         model_fns = {"frozen": model.frozen_prediction,
                      "rectified": lambda z, t: model.rectified_prediction(self.schedule, z, t, z_0)}
         s = self.config.sampler
-        return {arm: model.decode(samplers.ddim_sample(
-            model_fns[arm], self.schedule, z_T, num_steps=num_steps, eta=0.0, spacing=s.spacing,
-            steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)) for arm in arms}
+        grid = dict(num_steps=num_steps, spacing=s.spacing, steps_offset=s.steps_offset)
+
+        def reverse(model_fn):
+            if sampler == "ddpm":
+                return samplers.ddpm_sample(model_fn, self.schedule, key=step_key, **start, **grid)
+            return samplers.ddim_sample(model_fn, self.schedule, eta=0.0, set_alpha_to_one=s.set_alpha_to_one,
+                                        **start, **grid)
+
+        return {arm: model.decode(reverse(model_fns[arm])) for arm in arms}
 
     def sample(self, model: RectifiedModel, batch: Batch, rng: jax.Array) -> jax.Array:
         """The rectified reconstructions of `image` with the sampler's step count."""
