@@ -298,3 +298,11 @@ def test_caption_folder_batches_keep_each_caption_with_its_image(tmp_path):
     halves = [next(ImageBatches(cfg, tokenize=tokenize, start_step=1, process_index=p, process_count=2))
               for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate([h["input_ids"] for h in halves]), second["input_ids"])
+
+
+def test_edit_mode_on_a_method_without_an_edit_command_is_a_clear_error_before_anything_is_read(tmp_path):
+    config = tiny()
+    config.edit.input = str(tmp_path / "photo.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(config.edit.input)
+    with pytest.raises(ValueError, match=r"--mode=edit: the 'ldm' method has no edit command; allowed modes: train"):
+        modes.edit(config, str(tmp_path / "no_such_workdir"))

@@ -151,15 +151,17 @@ def test_an_editing_run_warm_starts_writes_the_editing_table_and_edits_a_folder(
                                                                                 tmp_path):
     config = tiny(base, "tiny,edit", clip)
     config.init_from.workdir = str(reconstruction_run)
+    config.train.num_steps = 1
+    config.evals.editing.update(num_images=1, batch_size=1, grid_images=1)
     workdir = tmp_path / "edit_run"
     train_and_evaluate(config, str(workdir))
-    with open(workdir / "eval" / "step_0000002.json") as f:
+    with open(workdir / "eval" / "step_0000001.json") as f:
         scores = json.load(f)["scores"]
     assert set(scores) == {"photo -> sketch"} and set(scores["photo -> sketch"]) == {"frozen", "edited"}
     for values in scores["photo -> sketch"].values():
         assert set(values) == {"CLIP_direction", "L1", "L2", "SSIM", "CLIP_image"}
         assert all(np.isfinite(v) for v in values.values())
-    assert (workdir / "editing" / "step_0000002.png").is_file()
+    assert (workdir / "editing" / "step_0000001.png").is_file()
 
     photos = tmp_path / "photos"
     (photos / "sub").mkdir(parents=True)

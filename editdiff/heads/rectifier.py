@@ -49,6 +49,7 @@ from editdiff.nn.modulated_conv import Modulation
 
 Dtype = jnp.dtype
 Layer = tuple[tuple, tuple[int, int, int, int]]  # (Flax path of a conv, kernel shape (kh, kw, Cin, Cout))
+FLIP_SIN_TO_COS, FREQ_SHIFT = True, 0  # R's sinusoid of t (the PyTorch export builds the same one)
 
 
 def _is_int(value) -> bool:
@@ -271,6 +272,7 @@ class Rectifier(nnx.Module):
         if t.shape != (batch,):
             raise ValueError(f"Rectifier: t has shape {t.shape}, expected ({batch},) or a scalar")
         features = self.encoder(jnp.concatenate([x0, estimate], axis=-1).astype(self.dtype))
-        sinusoid = timestep_embedding(t, self.config.time_embedding_dim, flip_sin_to_cos=True, freq_shift=0)
+        sinusoid = timestep_embedding(t, self.config.time_embedding_dim, flip_sin_to_cos=FLIP_SIN_TO_COS,
+                                      freq_shift=FREQ_SHIFT)
         temb = self.time_embedding(sinusoid.astype(self.dtype))
         return {path: subnet(features, temb) for (path, _), subnet in zip(self.layers, self.subnets)}

@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from editdiff.diffusion.parameterisation import x0_and_eps_at
-from editdiff.heads.rectifier import Rectifier, RectifierConfig
+from editdiff.heads.rectifier import FLIP_SIN_TO_COS, FREQ_SHIFT, Rectifier, RectifierConfig
 from editdiff.interop.diffusers_unet import unet_rules
 from editdiff.interop.name_map import Layout, Rule, conv_rules, dense_rules, export_state_dict, norm_rules
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
@@ -46,8 +46,6 @@ from editdiff.nn.unet import UNet2DConditionModel
 from editdiff.nn.unet2d import UNet2DModel
 
 WEIGHTS_NAME = "rectifier.safetensors"
-# Rectifier.__call__'s sinusoid of t.
-FLIP_SIN_TO_COS, FREQ_SHIFT = True, 0
 
 
 def diffusers_conv_names(unet: UNet2DConditionModel | UNet2DModel, paths: Sequence[tuple]) -> list[str]:

@@ -300,7 +300,7 @@ def text_encoder_state(directory: str, config: CLIPTextConfig) -> dict[tuple, np
     return {tuple(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(encoder, nnx.Param))}
 
 
-class LatentDiffusionModel(nnx.Module):
+class LatentDiffusionModel(latents_lib.LatentModel):
     """Frozen autoencoder, trainable U-Net, and the context: a trainable null context (unconditional) or a
     frozen text encoder (text)."""
 
@@ -310,14 +310,6 @@ class LatentDiffusionModel(nnx.Module):
         self.unet = unet
         self.null_context = null_context
         self.text_encoder = text_encoder
-
-    def encode(self, images: jax.Array) -> jax.Array:
-        """z = s * E(x), the posterior mean scaled: (B, H, W, 3) -> (B, h, w, C) float32."""
-        return latents_lib.encode(self.autoencoder, images)
-
-    def decode(self, latents: jax.Array) -> jax.Array:
-        """x = D(z / s) clipped to [-1, 1]: (B, h, w, C) -> (B, H, W, 3) float32."""
-        return latents_lib.decode(self.autoencoder, latents)
 
     def context(self, batch_size: int, input_ids: jax.Array | None = None) -> jax.Array:
         """The cross-attention context (B, L, D): the null context broadcast, or the caption's encoding."""
@@ -530,8 +522,7 @@ class LDMMethod(Method):
                 written.append(os.path.join(directory, "model_index.json"))
                 _write_json(written[-1], _stable_diffusion_index())
         else:
-            written.append(os.path.join(directory, NULL_CONTEXT_FILE))
-            write_safetensors(written[-1], {"null_context": np.asarray(model.null_context[...], np.float32)[None]})
+            written.append(write_null_context(directory, np.asarray(model.null_context[...])[None]))
             files["null_context"] = NULL_CONTEXT_FILE
         written.append(os.path.join(directory, "ldm.json"))
         _write_json(written[-1], {
@@ -563,6 +554,13 @@ class LDMMethod(Method):
             got = unet(torch.from_numpy(np.array(z_t)).permute(0, 3, 1, 2), torch.from_numpy(np.array(t)),
                        torch.from_numpy(np.array(context, np.float32))).sample
         return float(np.abs(got.permute(0, 2, 3, 1).numpy() - expected).max())
+
+
+def write_null_context(export_directory: str, null_context: np.ndarray) -> str:
+    """Writes an unconditional export's U-Net context (1, num_tokens, cross_attention_dim); returns the path."""
+    path = os.path.join(export_directory, NULL_CONTEXT_FILE)
+    write_safetensors(path, {"null_context": np.asarray(null_context, np.float32)})
+    return path
 
 
 def load_null_context(export_directory: str) -> np.ndarray:

@@ -108,7 +108,7 @@ def _write_json(path: str, content: dict) -> None:
         json.dump(content, f, indent=2)
 
 
-class MultitaskModel(nnx.Module):
+class MultitaskModel(latents_lib.LatentModel):
     """Autoencoder (frozen), denoising U-Net and mapping network f_theta (None for Palette++)."""
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
@@ -117,14 +117,6 @@ class MultitaskModel(nnx.Module):
         self.unet = unet
         self.mapping = mapping
         self.use_task_labels = use_task_labels
-
-    def encode(self, images: jax.Array) -> jax.Array:
-        """z = s * E(x): the posterior mean, scaled. (B, H, W, 3) -> (B, h, w, latent_channels) float32."""
-        return latents_lib.encode(self.autoencoder, images)
-
-    def decode(self, latents: jax.Array) -> jax.Array:
-        """x = D(z / s), clipped to [-1, 1]. (B, h, w, latent_channels) -> (B, H, W, 3) float32."""
-        return latents_lib.decode(self.autoencoder, latents)
 
     def conditions(self, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
         """The image conditions concatenated to z_t (B, h, w, c) and the cross-attention context (or None)."""

@@ -314,17 +314,18 @@ def _objective_rule(config) -> list[str]:
     objective = config.objective
     if objective.kind != "editing":
         return []
-    problems = []
-    clip = objective.clip
-    try:
-        if not clip:
-            raise CheckpointError("''")
-        transformers_clip.read_vision_config(clip)
-        transformers_clip.load_clip_tokenizer(clip)
-    except (CheckpointError, OSError, ValueError) as error:
+    problems, clip = [], objective.clip
+    reason = "empty" if not clip else None
+    if clip:
+        try:
+            transformers_clip.read_vision_config(clip)
+            transformers_clip.load_clip_tokenizer(clip)
+        except (CheckpointError, OSError, ValueError) as error:
+            reason = str(error)
+    if reason:
         problems.append(f"config.objective.clip = {clip!r} is invalid; allowed: a transformers CLIPModel directory "
                         f"(config.json of both towers, the weights, the tokenizer), which an editing run needs for "
-                        f"its CLIP image and text encoders ({error})")
+                        f"its CLIP image and text encoders ({reason})")
     for key in ("source_text", "target_text"):
         if not objective[key].strip():
             problems.append(f"config.objective.{key} = {objective[key]!r} is invalid; allowed: a non-empty text "
@@ -341,7 +342,7 @@ def _objective_rule(config) -> list[str]:
 # The model.
 
 
-class RectifiedModel(nnx.Module):
+class RectifiedModel(latents_lib.LatentModel):
     """The base's frozen autoencoder, U-Net and null context, and the trainable rectifier R; for an editing
     objective also the frozen CLIP image encoder and text direction Delta T (P,)."""
 
@@ -354,12 +355,6 @@ class RectifiedModel(nnx.Module):
         self.rectifier = rectifier
         self.clip_vision = clip_vision
         self.text_direction = text_direction
-
-    def encode(self, images: jax.Array) -> jax.Array:
-        return latents_lib.encode(self.autoencoder, images)
-
-    def decode(self, latents: jax.Array) -> jax.Array:
-        return latents_lib.decode(self.autoencoder, latents)
 
     def _unet(self, z_t: jax.Array, t: jax.Array, modulation=None) -> jax.Array:
         """The U-Net at (z_t, t): with the null context (an ldm base), or a UNet2DModel (no context)."""
@@ -409,7 +404,6 @@ class RectifierMethod(Method):
         unet_config = read_config(pretrained_path(config, "unet"))
         self.unet_config = (UNet2DConfig if self.pixel else UNetConfig).from_diffusers(unet_config)
         self.null_context_shape = None if self.pixel else _null_context_shape(config.pretrained.root, self.base)
-        self.sample_function = ModelFunction(self.sample)
         self.editing = config.objective.kind == "editing"
         self._text_direction = None
         edit = config.edit
@@ -581,8 +575,7 @@ class RectifierMethod(Method):
 
         from editdiff.interop.diffusers_unet import export_unet, export_unet2d
         from editdiff.interop.rectifier import export_rectifier, exported_prediction_error
-        from editdiff.interop.torch_io import write_safetensors
-        from editdiff.methods.ldm import NULL_CONTEXT_FILE, load_null_context
+        from editdiff.methods.ldm import load_null_context, write_null_context
 
         if jax.process_index() != 0:
             return []
@@ -592,8 +585,7 @@ class RectifierMethod(Method):
         (export_unet2d if self.pixel else export_unet)(model.unet, unet)
         null_context = None
         if not self.pixel:
-            written.append(os.path.join(directory, NULL_CONTEXT_FILE))
-            write_safetensors(written[-1], {"null_context": np.asarray(model.null_context[...], np.float32)})
+            written.append(write_null_context(directory, np.asarray(model.null_context[...])))
             null_context = load_null_context(directory)
         os.makedirs(os.path.dirname(scheduler), exist_ok=True)
         shutil.copyfile(os.path.join(self.config.pretrained.root, SCHEDULER_FILE), scheduler)
@@ -626,7 +618,7 @@ class RectifierMethod(Method):
             logging.info("--mode=edit: resized %dx%d to the short side %d of the training photos "
                          "(config.data.resize_short_side)", image.shape[1], image.shape[0], short_side)
             image = resize_short_side((image + 1.0) / 2.0, short_side) * 2.0 - 1.0
-        multiple = self._autoencoder_factor() * 2 ** (len(self.unet_config.block_out_channels) - 1)
+        multiple = self.size_multiple
         height, width = (n - n % multiple for n in image.shape[:2])
         if not (height and width):
             raise ValueError(f"--mode=edit: an image of {image.shape[1]}x{image.shape[0]} px is smaller than the "
@@ -648,6 +640,11 @@ class RectifierMethod(Method):
         from editdiff.nn.vae import VAEConfig
 
         return VAEConfig.from_diffusers(read_config(pretrained_path(self.config, "vae"))).downsample_factor
+
+    @functools.cached_property
+    def size_multiple(self) -> int:
+        """The image sizes the model takes are multiples of this: the autoencoder's factor times the U-Net's."""
+        return self._autoencoder_factor() * 2 ** (len(self.unet_config.block_out_channels) - 1)
 
     def evaluators(self) -> list[Evaluator]:
         kinds = {"reconstruction": ReconstructionEvaluator, "editing": EditingEvaluator}
@@ -673,6 +670,12 @@ class _HeldOutEvaluator(Evaluator):
         self.images = data.fixed_examples(method.config.data, "heldout", settings.num_images, settings.seed,
                                           captioned=False)["image"]
         self._lpips = None
+
+    def _write_grid(self, columns: list[tuple[str, np.ndarray]], workdir: str, step: int, writer) -> None:
+        """The labelled grid of `columns` [(header, images (N, H, W, 3))] as WORKDIR/NAME/step_N.png."""
+        if self.settings.grid_images:
+            labels = [f"held-out {i}" for i in range(len(columns[0][1]))]
+            write_grid(workdir, step, labelled_grid(columns, labels), folder=self.name, writer=writer)
 
     def _chunks(self):
         size = self.settings.batch_size
@@ -725,9 +728,7 @@ class ReconstructionEvaluator(_HeldOutEvaluator):
                 columns.append((f"{arm} {n}", reconstructed[:self.settings.grid_images]))
         higher = {"L1": False, "L2": False, "SSIM": True, "LPIPS": False, "posterior_gap": False}
         write_scores(workdir, step, scores, higher_is_better=higher, writer=writer)
-        if self.settings.grid_images:
-            labels = [f"held-out {i}" for i in range(len(columns[0][1]))]
-            write_grid(workdir, step, labelled_grid(columns, labels), folder=self.name, writer=writer)
+        self._write_grid(columns, workdir, step, writer)
         return scores
 
 
@@ -765,9 +766,7 @@ class EditingEvaluator(_HeldOutEvaluator):
             columns.append((arm, edited[:self.settings.grid_images]))
         higher = {"CLIP_direction": True, "CLIP_image": True, "L1": False, "L2": False, "SSIM": True, "LPIPS": False}
         write_scores(workdir, step, scores, higher_is_better=higher, writer=writer)
-        if self.settings.grid_images:
-            labels = [f"held-out {i}" for i in range(len(columns[0][1]))]
-            write_grid(workdir, step, labelled_grid(columns, labels), folder=self.name, writer=writer)
+        self._write_grid(columns, workdir, step, writer)
         return scores
 
 

@@ -120,19 +120,11 @@ def _warm_start_rule(prefix: str, *, same_method: bool):
     of this config's method when `same_method`. Read before anything is built (warm_start.py reads it again)."""
 
     def rule(config) -> list[str]:
-        from editdiff.train.checkpoint import read_saved_config
+        from editdiff.train.warm_start import run_workdir_problem  # orbax and the checkpoint code: only when asked
 
         workdir = config[prefix].workdir
-        if not workdir:
-            return []
-        saved = read_saved_config(workdir)
-        if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-            return [f"config.{prefix}.workdir = {workdir!r} is invalid; allowed: the workdir of a training run "
-                    "(config.json and checkpoints/)"]
-        if same_method and saved.get("method") != config.method:
-            return [f"config.{prefix}.workdir = {workdir!r} is a {saved.get('method')!r} run; allowed: a "
-                    f"{config.method!r} run"]
-        return []
+        problem = workdir and run_workdir_problem(workdir, method=config.method if same_method else None, key=prefix)
+        return [problem] if problem else []
 
     return rule
 

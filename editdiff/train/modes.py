@@ -87,6 +87,9 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not config.edit.input:
         raise ValueError("config.edit.input = '' is invalid for --mode=edit; allowed: an image file or a folder of "
                          "images (e.g. --config.edit.input=photo.png)")
+    if method_class(config).edit is Method.edit:  # before any checkpoint is read or program compiled
+        raise ValueError(f"--mode=edit: the {config.method!r} method has no edit command; allowed modes: "
+                         f"{', '.join(m for m in MODES if m != 'edit')}")
     inputs = edit_io.list_inputs(config.edit.input)
     method, model, step = _restored(config, workdir)
     model.eval()

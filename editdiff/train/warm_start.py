@@ -34,18 +34,26 @@ def _listed(paths: list[str]) -> str:
     return ", ".join(paths[:_MAX_LISTED]) + (f" ... and {more} more" if more > 0 else "")
 
 
+def run_workdir_problem(workdir: str, *, method: str | None, key: str) -> str | None:
+    """Why `workdir` cannot serve `config.KEY.workdir` (not a training run's workdir, or a run of another method
+    than `method`; None: any), or None when it can. Reads config.json only."""
+    saved = read_saved_config(workdir)
+    if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return (f"config.{key}.workdir = {workdir!r} is invalid; allowed: the workdir of a training run "
+                "(config.json and checkpoints/)")
+    if method is not None and saved.get("method") != method:
+        return f"config.{key}.workdir = {workdir!r} is a {saved.get('method')!r} run; allowed: a {method!r} run"
+    return None
+
+
 def read_run_parameters(workdir: str, *, step: int | None, params: str, method: str | None, key: str
                         ) -> tuple[int, dict[str, np.ndarray]]:
     """(step, {dotted path: array}) of the `params` ("ema" or "params" trainable parameters, or "model_state":
     the non-parameter variables) of another run's checkpoint (newest, or `step`). `method`: the method that
     run must be (None: any); `key`: the config key being served, for messages."""
-    saved = read_saved_config(workdir)
-    if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ValueError(f"config.{key}.workdir = {workdir!r} is invalid; allowed: the workdir of a training run "
-                         "(config.json and checkpoints/)")
-    if method is not None and saved.get("method") != method:
-        raise ValueError(f"config.{key}.workdir = {workdir!r} is a {saved.get('method')!r} run; allowed: a "
-                         f"{method!r} run")
+    problem = run_workdir_problem(workdir, method=method, key=key)
+    if problem:
+        raise ValueError(problem)
     part = {"ema": "ema_params", "params": "params", "model_state": "model_state"}[params]
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
