@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from editdiff.interop.name_map import flax_params, load_state_dict
+from editdiff.tracing import abstract_module
 from eval import metrics
 from eval.lpips import LPIPS, head_rules, load_lpips
 from eval.nets.frozen import jit_inference
@@ -23,7 +24,7 @@ from eval.nets.torchvision_trunks import TRUNKS, trunk_rules
 
 def _random_lpips(backbone: str) -> LPIPS:
     """LPIPS with random weights of the real shapes, loaded through the real name maps."""
-    model = nnx.eval_shape(lambda: LPIPS(backbone, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: LPIPS(backbone, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(0)
     for module, rules in ((model.trunk, trunk_rules(TRUNKS[backbone])), (model.heads, head_rules(5))):
         params = flax_params(module)

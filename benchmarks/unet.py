@@ -30,6 +30,7 @@ from flax import nnx
 from editdiff.interop.diffusers_unet import unet_rules
 from editdiff.interop.name_map import load_state_dict
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
+from editdiff.tracing import abstract_module
 
 CONFIGS = {
     # (diffusers config, default latent size, default batch, text context length)
@@ -83,8 +84,8 @@ def time_torch(torch_unet: torch.nn.Module, batch: dict, steps: int) -> float:
 def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: str | None
                    ) -> UNet2DConditionModel:
     """Our U-Net holding `torch_unet`'s weights (through the interop name map, without a file)."""
-    model = nnx.eval_shape(lambda: UNet2DConditionModel(UNetConfig.from_diffusers(config), rngs=nnx.Rngs(0),
-                                                        dtype=dtype, attention_implementation=attention))
+    model = abstract_module(lambda: UNet2DConditionModel(UNetConfig.from_diffusers(config), rngs=nnx.Rngs(0),
+                                                         dtype=dtype, attention_implementation=attention))
     state_dict = {k: v.detach().numpy() for k, v in torch_unet.state_dict().items()}
     load_state_dict(model, state_dict, unet_rules(model), source="torch model")
     return model

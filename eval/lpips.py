@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from editdiff.interop.name_map import Layout, Rule, dense_rules, load_state_dict
+from editdiff.tracing import abstract_module
 from eval import weights
 from eval.nets.torchvision_trunks import TRUNKS, TorchvisionTrunk, trunk_rules, unused_classifier_keys
 
@@ -86,7 +87,7 @@ def lpips_from_state_dicts(backbone: str, trunk_state: Mapping[str, np.ndarray],
     other missing, extra or mis-shaped key is a CheckpointError naming the source.
     """
     # Abstract (eval_shape) construction skips random initialisers; loading makes every parameter concrete.
-    model = nnx.eval_shape(lambda: LPIPS(backbone, dtype=dtype, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: LPIPS(backbone, dtype=dtype, rngs=nnx.Rngs(0)))
     spec = TRUNKS[backbone]
     load_state_dict(model.trunk, trunk_state, trunk_rules(spec), source=trunk_source,
                     ignore=unused_classifier_keys(spec))

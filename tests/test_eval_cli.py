@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 from PIL import Image
 
-from editdiff.interop.name_map import flax_params
 from editdiff.nn.clip_preprocess import resize_center_crop
 from eval import cli, distribution, metrics, streaming
-from eval.nets import inception
+from inception_testing import write_random_inception_file
 
 SIZE = 64  # AlexNet's trunk needs at least ~63 pixels
 
@@ -79,22 +77,6 @@ def test_bad_arguments_are_errors_not_tracebacks(folders, tmp_path, capsys):
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
 
 
-def _random_inception_file(path):
-    """A pt_inception-layout file with random values (the real key set is checked in test_eval_inception)."""
-    rng = np.random.default_rng(0)
-    model = nnx.eval_shape(lambda: inception.FIDInceptionV3(rngs=nnx.Rngs(0)))
-    params = flax_params(model)
-    state = {}
-    for rule in inception.inception_rules(model):
-        key, value = rule.torch_key, rule.layout.to_torch(np.zeros(params[rule.flax_path].get_value().shape))
-        fan_in = np.prod(value.shape[1:]) if value.ndim == 4 else 1
-        if key.endswith("running_var") or key.endswith("bn.weight"):
-            state[key] = rng.uniform(0.5, 1.5, value.shape)
-        else:
-            state[key] = rng.normal(0, 1 / np.sqrt(fan_in) if value.ndim == 4 else 0.1, value.shape)
-    torch.save({k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()}, path)
-
-
 def test_lpips_and_kid_with_weight_files(folders, tmp_path):
     pred, target, _ = folders
     torch.manual_seed(0)
@@ -102,7 +84,7 @@ def test_lpips_and_kid_with_weight_files(folders, tmp_path):
                   8: torch.nn.Conv2d(384, 256, 3), 10: torch.nn.Conv2d(256, 256, 3)}
     torch.save({f"features.{i}.{k}": v for i, conv in alex_convs.items() for k, v in conv.state_dict().items()},
                tmp_path / "alexnet-owt-7be5be79.pth")
-    _random_inception_file(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    write_random_inception_file(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     out = tmp_path / "results.json"
     assert cli.main(["--pred", str(pred), "--target", str(target), "--metrics", "lpips,kid,fid",
                      "--weights", str(tmp_path), "--out", str(out)]) == 0

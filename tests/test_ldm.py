@@ -16,12 +16,13 @@ from flax import nnx
 from PIL import Image
 
 from configs.ldm import get_config
-from editdiff.interop.random_clip import write_byte_level_tokenizer
 from editdiff.methods.ldm import LDMMethod, load_null_context
 from editdiff.train import mesh as mesh_lib
 from editdiff.train import modes
-from editdiff.train.build import load_trained_model
+from editdiff.train.build import initial_model, load_trained_model
 from editdiff.train.loop import train_and_evaluate
+from inception_testing import write_random_inception_file
+from sd_testing import write_sd_parts
 from input_pipeline.captions import CaptionFolderSource, ImageBatches, default_image_data_config
 
 
@@ -31,30 +32,17 @@ def tiny(arg: str = "tiny"):
     return config
 
 
-def _with_pretrained(method):
-    """The model as the trainer builds it: init_model, then the method's pretrained values."""
-    model = method.init_model(nnx.Rngs(0))
-    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    for path, value in method.pretrained_state().items():
-        variables[path].set_value(jnp.asarray(value))
-    return model
-
-
 def _torch_nchw(x) -> torch.Tensor:
     return torch.from_numpy(np.array(x, np.float32)).permute(0, 3, 1, 2)
 
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
-    """pytorch-fid's file name holding a randomly initialised FID Inception (the real one is not here)."""
-    from editdiff.interop.name_map import export_state_dict
-    from eval.nets.inception import FIDInceptionV3, inception_rules
+    """pytorch-fid's file name holding random values (the real one is not here)."""
     from eval.weights import INCEPTION_FILE
 
-    network = FIDInceptionV3(rngs=nnx.Rngs(0))
-    state = {k: torch.from_numpy(v) for k, v in export_state_dict(network, inception_rules(network)).items()}
     directory = tmp_path_factory.mktemp("inception")
-    torch.save(state, directory / INCEPTION_FILE[0])
+    write_random_inception_file(directory / INCEPTION_FILE[0])
     return str(directory)
 
 
@@ -146,7 +134,7 @@ def test_export_loads_in_diffusers_with_the_same_noise_prediction(trained):
     from editdiff.train.config import validate_config
 
     validate_config(base, LDMMethod)
-    restarted = _with_pretrained(LDMMethod(base))
+    restarted = initial_model(LDMMethod(base))
     again = np.asarray(restarted.denoise(z_t, t, restarted.context(2)))
     np.testing.assert_allclose(again, expected, atol=1e-5)
     with open(os.path.join(export_dir, "ldm.json")) as f:
@@ -199,22 +187,9 @@ def test_unknown_preset_or_modifier_names_what_is_allowed():
 
 @pytest.fixture(scope="module")
 def sd_parts(tmp_path_factory):
-    """A Stable-Diffusion-like directory: text_encoder/ (CLIPTextModel, no projection, as SD's), tokenizer/,
-    vae/ (AutoencoderKL, factor 2)."""
-    import transformers
-    from diffusers import AutoencoderKL as TorchVAE
-
+    """A Stable-Diffusion-like directory: text_encoder/, tokenizer/, vae/ (tests/sd_testing.py)."""
     root = tmp_path_factory.mktemp("sd_parts")
-    vocab = write_byte_level_tokenizer(root / "tokenizer", model_max_length=24)  # SD pads to its 77
-    torch.manual_seed(0)
-    text_config = transformers.CLIPTextConfig(
-        vocab_size=len(vocab) + 6, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=24, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"])
-    transformers.CLIPTextModel(text_config).eval().save_pretrained(root / "text_encoder")
-    TorchVAE(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-             up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
-             norm_num_groups=4).save_pretrained(root / "vae")
+    write_sd_parts(root)
     return root
 
 
@@ -232,7 +207,7 @@ def test_text_conditioned_vae_run_trains_samples_and_exports_a_pipeline(sd_parts
     method = LDMMethod(config)
 
     # The frozen text encoder reads SD's projection-free CLIPTextModel and matches transformers.
-    model = _with_pretrained(method)
+    model = initial_model(method)
     ids = method.tokenize(["a photo of a cat", ""])
     assert ids.shape == (2, 24) and ids.dtype == np.int32
     reference = transformers.CLIPTextModel.from_pretrained(sd_parts / "text_encoder").eval()

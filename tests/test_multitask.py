@@ -15,6 +15,7 @@ from configs.multitask import get_config
 from editdiff.methods.multitask import MultitaskMethod
 from editdiff.train import mesh as mesh_lib
 from editdiff.train import modes
+from editdiff.train.build import initial_model
 
 
 def tiny(arg: str = "tiny"):
@@ -162,15 +163,6 @@ def _sd15_tiny(pipeline_dir):
     return config
 
 
-def _with_pretrained(method):
-    """The model as the trainer builds it: init_model, then the method's pretrained values."""
-    model = method.init_model(nnx.Rngs(0))
-    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    for path, value in method.pretrained_state().items():
-        variables[path].set_value(jnp.asarray(value))
-    return model
-
-
 def test_pretrained_pipeline_directory_builds_the_paper_setup(tiny_pipeline):
     """The sd15 path on a tiny diffusers pipeline directory: VAE + U-Net loaded, conv_in widened to
     4 + 4 + 3 channels with zero weights (the pretrained prediction is kept), mapping tokens of the U-Net's
@@ -179,7 +171,7 @@ def test_pretrained_pipeline_directory_builds_the_paper_setup(tiny_pipeline):
 
     config = _sd15_tiny(tiny_pipeline)
     method = MultitaskMethod(config)
-    model = _with_pretrained(method)
+    model = initial_model(method)
     assert model.autoencoder.downsample_factor == 2
     assert model.unet.config.in_channels == 4 + 4 + 3
     assert model.mapping(jnp.zeros((1, 9))).shape[-1] == 24

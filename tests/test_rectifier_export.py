@@ -17,13 +17,15 @@ from configs.rectifier import get_config
 from editdiff.interop.rectifier import load_torch_rectifier, modulated
 from editdiff.methods.ldm import LDMMethod, load_null_context
 from editdiff.methods.rectifier import RectifierMethod
+from editdiff.tracing import abstract_module
+from editdiff.train.build import initial_model
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """The export of a tiny ldm model with random weights (what `--mode=export` writes): the frozen base."""
     method = LDMMethod(ldm_config("tiny"))
-    model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))  # no init program to compile
+    model = abstract_module(lambda: method.init_model(nnx.Rngs(0)))  # no init program to compile
     _randomize(model, seed=1)
     directory = str(tmp_path_factory.mktemp("ldm_base") / "export")
     with pytest.MonkeyPatch.context() as patch:  # its diffusers check is test_ldm's (15 s of eager JAX)
@@ -57,10 +59,7 @@ def exported(base, tmp_path_factory):
     config.pretrained.root = base
     config.model.modulate = ("mid_block", "up_blocks")
     method = RectifierMethod(config)
-    model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
-    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    for path, value in method.pretrained_state().items():
-        variables[path].set_value(jnp.asarray(value))
+    model = initial_model(method)
     _randomize(model.rectifier, seed=0)
     model.eval()
     directory = str(tmp_path_factory.mktemp("rectifier") / "export")

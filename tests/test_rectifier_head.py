@@ -20,6 +20,7 @@ from flax import nnx
 from editdiff.heads.rectifier import Rectifier, RectifierConfig
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, check_modulation, modulation_paths
 from editdiff.nn.unet2d import UNet2DConfig, UNet2DModel
+from editdiff.tracing import abstract_module
 
 SIZE, BATCH = 4, 4
 # Pixel model (the paper's backbones are UNet2DModels): no attention, two levels, 8 px.
@@ -65,7 +66,7 @@ def _random_weights(model: nnx.Module, seed: int) -> nnx.Module:
 
 @pytest.fixture(scope="module")
 def unet2d():
-    return _random_weights(nnx.eval_shape(lambda: UNet2DModel(UNET2D_ONE_LEVEL, rngs=nnx.Rngs(0))), seed=0)
+    return _random_weights(abstract_module(lambda: UNet2DModel(UNET2D_ONE_LEVEL, rngs=nnx.Rngs(0))), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +137,13 @@ def test_paths_and_shapes_fit_both_unets():
     t = jnp.array([1, 500])
     for model, channels in ((lambda: UNet2DModel(UNET2D, rngs=nnx.Rngs(0)), 3),
                             (lambda: UNet2DConditionModel(UNET_COND, rngs=nnx.Rngs(0)), 4)):
-        unet = nnx.eval_shape(model)
+        unet = abstract_module(model)
         # 16 px: a 4x4 feature map, so each subnet runs two stride-2 convs down to 1x1.
         config = RectifierConfig(in_channels=2 * channels, **{**TINY, "image_size": 16})
         assert config.subnet_downsamples == 2
         x = jnp.ones((2, 16, 16, channels))
         # Shapes only (eval_shape): check_modulation reads nothing but the offsets' shapes.
-        modulation = nnx.eval_shape(lambda: Rectifier(config, modulation_paths(unet), rngs=nnx.Rngs(0))(x, x, t))
+        modulation = abstract_module(lambda: Rectifier(config, modulation_paths(unet), rngs=nnx.Rngs(0))(x, x, t))
         assert list(modulation) == [path for path, _ in modulation_paths(unet)]
         assert len(modulation) == 2 * 2 + 2 * 2 * 2 + 1  # mid: 2 resnets; up: 2 blocks x 2 resnets + 1 upsampler
         check_modulation(unet, modulation, 2)  # raises on any misfit
@@ -291,7 +292,7 @@ def test_config_sizes_follow_the_resnet_layout():
 
 
 def test_resnet34_layout_and_hyperstyle_subnets():
-    rectifier = nnx.eval_shape(lambda: Rectifier(RectifierConfig(), [(("conv",), (3, 3, 32, 64))], rngs=nnx.Rngs(0)))
+    rectifier = abstract_module(lambda: Rectifier(RectifierConfig(), [(("conv",), (3, 3, 32, 64))], rngs=nnx.Rngs(0)))
     blocks = rectifier.encoder.blocks
     assert len(blocks) == 3 + 4 + 6 + 3 and rectifier.encoder.stem_conv.kernel.shape == (7, 7, 6, 64)
     assert [block.conv1.strides for block in blocks if block.shortcut_conv is not None] == [2, 2, 2]

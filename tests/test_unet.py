@@ -12,6 +12,7 @@ from editdiff.interop.diffusers_unet import load_unet
 from editdiff.nn.controlnet import ControlNetConfig, ControlNetModel
 from editdiff.nn.layers import Attention
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, embed_timesteps, modulation_paths
+from editdiff.tracing import abstract_module
 from unet_testing import SD1_TINY, apply, randomize, random_modulation, to_nchw, to_nhwc, with_modulated_kernels
 
 PARITY_CONFIGS = {
@@ -100,9 +101,9 @@ def test_bfloat16_compute_keeps_float32_params(sd1):
 
 def test_attention_implementation_reaches_every_attention():
     config = UNetConfig.from_diffusers(SD1_TINY)
-    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), attention_implementation="cudnn"))
-    controlnet = nnx.eval_shape(lambda: ControlNetModel(ControlNetConfig.from_unet(config), rngs=nnx.Rngs(0),
-                                                       attention_implementation="cudnn"))
+    model = abstract_module(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), attention_implementation="cudnn"))
+    controlnet = abstract_module(lambda: ControlNetModel(ControlNetConfig.from_unet(config), rngs=nnx.Rngs(0),
+                                                        attention_implementation="cudnn"))
     for module in (model, controlnet):
         attentions = [m for _, m in nnx.iter_graph(module) if isinstance(m, Attention)]
         assert attentions and {a.implementation for a in attentions} == {"cudnn"}

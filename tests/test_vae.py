@@ -15,6 +15,7 @@ from editdiff.interop.name_map import load_state_dict
 from editdiff.interop.torch_io import CheckpointError
 from editdiff.nn.diagonal_gaussian import DiagonalGaussian
 from editdiff.nn.vae import AutoencoderKL, VAEConfig
+from editdiff.tracing import abstract_module
 
 TOL = 1e-4
 SD15_VAE_CONFIG = {  # stable-diffusion-v1-5/vae/config.json
@@ -117,7 +118,7 @@ def test_sd15_sized_weights_load():
     from diffusers import AutoencoderKL as TorchAutoencoderKL
 
     config = VAEConfig.from_diffusers(SD15_VAE_CONFIG)
-    model = nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)))
     assert (model.scaling_factor, model.downsample_factor, model.latent_channels) == (0.18215, 8, 4)
     state = {k: v.numpy() for k, v in TorchAutoencoderKL.from_config(SD15_VAE_CONFIG).state_dict().items()}
     load_state_dict(model, state, vae_rules(model), source="sd15")
@@ -244,7 +245,7 @@ def test_unsupported_config_is_named(checkpoint, tmp_path, key, value, named):
 
 
 def test_bfloat16_compute_keeps_float32_params(flax_vae, images):
-    model = nnx.eval_shape(lambda: AutoencoderKL(flax_vae.config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16))
+    model = abstract_module(lambda: AutoencoderKL(flax_vae.config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16))
     nnx.update(model, nnx.state(flax_vae))
     assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
     posterior = _encode(model, images)

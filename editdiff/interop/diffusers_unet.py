@@ -23,6 +23,7 @@ from editdiff.nn.layers import Attention, ResnetBlock2D, SpatialSelfAttention
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
 from editdiff.nn.unet2d import UNet2DConfig, UNet2DModel
 from editdiff.nn.unet_blocks import DownBlock2D, Transformer2DModel, UpBlock2D
+from editdiff.tracing import abstract_module
 
 WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # diffusers' former AttentionBlock names -> today's Attention names (diffusers renames them on load too).
@@ -152,8 +153,8 @@ def _load(directory, config_cls, model_cls, rules_of, *, dtype, attention_implem
     from the file, so random initialisation would be wasted work); any mismatch is a CheckpointError."""
     config = _parse_config(directory, config_cls)
     state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
-    model = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0), dtype=dtype,
-                                             attention_implementation=attention_implementation))
+    model = abstract_module(lambda: model_cls(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                              attention_implementation=attention_implementation))
     rules = rules_of(model)
     load_state_dict(model, with_current_attention_names(state_dict, rules), rules, source=path)
     return model

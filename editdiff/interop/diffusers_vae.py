@@ -18,6 +18,7 @@ from editdiff.interop.name_map import Rule, conv_rules, load_state_dict, norm_ru
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict
 from editdiff.nn.vae import (AutoencoderKL, Decoder, DownEncoderBlock2D, Encoder, MidBlock2D, UpDecoderBlock2D,
                              VAEConfig)
+from editdiff.tracing import abstract_module
 
 _DEPRECATED_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
@@ -92,7 +93,7 @@ def load_vae(directory: str | os.PathLike, *, dtype=jnp.float32) -> AutoencoderK
         raise CheckpointError(f"{directory}: {e}") from e
     state_dict, path = read_state_dict(directory, WEIGHTS_NAMES)
     # Built abstractly: every parameter comes from the file, so random initialisation would be wasted work.
-    model = nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0), dtype=dtype))
+    model = abstract_module(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0), dtype=dtype))
     load_state_dict(model, _rename_deprecated_attention(state_dict), vae_rules(model), source=path)
     return model
 

@@ -18,6 +18,7 @@ from flax import nnx
 from editdiff.interop.name_map import Layout, Rule, dense_rules, export_state_dict, load_state_dict, norm_rules
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
 from editdiff.nn.clip import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+from editdiff.tracing import abstract_module
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 EXPORT_WEIGHTS = "model.safetensors"
@@ -114,7 +115,7 @@ def _load(directory: str | os.PathLike, tower: str, config_cls, model_cls, rules
     except ValueError as e:
         raise CheckpointError(f"{directory}: {e}") from e
     # Built abstract (shapes only): loading makes every parameter concrete, with no random init to pay for.
-    model = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: model_cls(config, dtype=dtype, rngs=nnx.Rngs(0)))
     state_dict, path = read_state_dict(directory, WEIGHT_FILES)
     load_state_dict(model, state_dict, rules_fn(config), source=path,
                     ignore=_ignored_keys(state_dict, tower, full_model))

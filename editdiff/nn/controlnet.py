@@ -22,6 +22,7 @@ from editdiff.nn.unet import (DOWN_BLOCK_TYPES, MID_BLOCK_TYPES, UNet2DCondition
                               build_down_blocks, build_mid_block, check_choice, check_per_block,
                               config_from_diffusers, config_to_diffusers, embed_timesteps,
                               freeze_sequences)
+from editdiff.tracing import abstract_module
 
 Dtype = jnp.dtype
 
@@ -173,8 +174,8 @@ class ControlNetModel(nnx.Module):
                                             conditioning_embedding_out_channels=conditioning_embedding_out_channels)
         dtype = unet.dtype if dtype is None else dtype
         # Built abstractly: only the hint embedding needs random values, everything else is copied or zero.
-        controlnet = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype,
-                                                attention_implementation=unet.attention_implementation))
+        controlnet = abstract_module(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                                 attention_implementation=unet.attention_implementation))
         controlnet.controlnet_cond_embedding = ControlNetConditioningEmbedding(
             config.conditioning_channels, config.block_out_channels[0],
             block_out_channels=config.conditioning_embedding_out_channels, dtype=dtype,

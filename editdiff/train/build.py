@@ -9,8 +9,9 @@ Where every part of the state comes from:
     frozen params                             `init_model` under jax.jit, the method's pretrained values and
                                               `config.frozen_from`, at every start (never checkpointed)
 
-Nothing is initialised eagerly: the model is traced with `nnx.eval_shape`, and a resumed run only creates
-its frozen part (XLA drops the rest of the initialiser).
+Nothing is initialised eagerly: the model is traced with `nnx.eval_shape`, a resumed run only creates its
+frozen part, and no random value is drawn for a parameter the method's pretrained weights replace (XLA drops
+those parts of the initialiser).
 """
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ import dataclasses
 import importlib
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from editdiff.methods.base import Method
+from editdiff.tracing import abstract_module, linear_time_probes
 from editdiff.train import mesh as mesh_lib
 from editdiff.train.checkpoint import (
     CheckpointMismatchError,
@@ -105,21 +108,30 @@ class _ModelLayout:
 
 def _model_layout(method: Method, seed: int, mesh: jax.sharding.Mesh, fsdp_min_size: int) -> _ModelLayout:
     graphdef, params, model_state, frozen = split_model(
-        nnx.eval_shape(lambda: method.init_model(nnx.Rngs(seed))), method.trainable)
+        abstract_module(lambda: method.init_model(nnx.Rngs(seed))), method.trainable)
     shard = lambda tree: mesh_lib.state_sharding(mesh, tree, fsdp_min_size)  # noqa: E731
     return _ModelLayout(graphdef, params, model_state, frozen, shard(params), shard(model_state), shard(frozen))
 
 
-def _initialise(method: Method, seed: int, layout: _ModelLayout, *, parts: tuple[int, ...]):
+def _initialise(method: Method, seed: int, layout: _ModelLayout, *, parts: tuple[int, ...],
+                replaced: Collection[tuple] = ()):
     """The states at `parts` (0 params, 1 model state, 2 frozen) of `init_model`, created by one jitted
-    initialiser directly in their shardings (what is not asked for is dead code to XLA)."""
+    initialiser directly in their shardings. What is not asked for, and the random values of the paths in
+    `replaced` (zeros here: the caller writes them next), are dead code to XLA, which then neither compiles
+    nor runs their initialisers (the bulk of a pretrained model's init)."""
     shardings = (layout.params_sharding, layout.model_state_sharding, layout.frozen_sharding)
 
     def init():
         states = split_model(method.init_model(nnx.Rngs(seed)), method.trainable)[1:]
+        for i in parts:
+            for path, variable in nnx.to_flat_state(states[i]):
+                if path in replaced:
+                    value = variable[...]
+                    variable.set_value(jnp.zeros(value.shape, value.dtype))
         return tuple(states[i] for i in parts)
 
-    return jax.jit(init, out_shardings=tuple(shardings[i] for i in parts))()
+    with linear_time_probes():  # the trace (the first call) draws every initialiser's random values
+        return jax.jit(init, out_shardings=tuple(shardings[i] for i in parts))()
 
 
 def _fill_pretrained(states: Mapping[str, nnx.State], pretrained: Mapping[tuple, np.ndarray]) -> None:
@@ -194,10 +206,11 @@ def build_run_state(
     pretrained = method.pretrained_state()
     if restored is not None:
         state = train_state_from_tree(restored[1])
-        (frozen,) = _initialise(method, config.seed, layout, parts=(2,))
-        _fill_pretrained({"frozen": frozen}, _frozen_values(layout, pretrained))
+        frozen_pretrained = _frozen_values(layout, pretrained)
+        (frozen,) = _initialise(method, config.seed, layout, parts=(2,), replaced=frozen_pretrained)
+        _fill_pretrained({"frozen": frozen}, frozen_pretrained)
     else:
-        params, model_state, frozen = _initialise(method, config.seed, layout, parts=(0, 1, 2))
+        params, model_state, frozen = _initialise(method, config.seed, layout, parts=(0, 1, 2), replaced=pretrained)
         _fill_pretrained({"params": params, "frozen": frozen}, pretrained)
         if config.init_from.workdir:
             apply_init_from(params, model_state, config)
@@ -206,6 +219,22 @@ def build_run_state(
     if config.frozen_from:
         apply_frozen_from(frozen, config)
     return RunState(layout.graphdef, frozen, state, state_sharding, layout.frozen_sharding)
+
+
+def initial_model(method: Method, seed: int = 0) -> nnx.Module:
+    """The model a fresh run of `method` starts from: `init_model(nnx.Rngs(seed))` with the method's pretrained
+    values written in (no random value drawn for them), on the first device, without config.init_from or
+    frozen_from. For tests and tools that need the starting model without a run."""
+    mesh = jax.make_mesh((1, 1), mesh_lib.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                         devices=jax.devices()[:1])
+    layout = _model_layout(method, seed, mesh, fsdp_min_size=0)
+    pretrained = method.pretrained_state()
+    params, model_state, frozen = _initialise(method, seed, layout, parts=(0, 1, 2), replaced=pretrained)
+    _fill_pretrained({"params": params, "frozen": frozen}, pretrained)
+    # Uncommitted default-device arrays, as eager code makes them: arrays committed to the mesh beside eager ones
+    # (an optimiser's step count) would give a first jitted call a program its later calls cannot reuse.
+    states = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), (params, model_state, frozen))
+    return nnx.merge(layout.graphdef, *states)
 
 
 def load_trained_model(
@@ -230,8 +259,9 @@ def load_trained_model(
             raise _changed_config_error(error, config, workdir) from None
     finally:
         checkpointer.close()
-    (frozen,) = _initialise(method, config.seed, layout, parts=(2,))
-    _fill_pretrained({"frozen": frozen}, _frozen_values(layout, method.pretrained_state()))
+    frozen_pretrained = _frozen_values(layout, method.pretrained_state())
+    (frozen,) = _initialise(method, config.seed, layout, parts=(2,), replaced=frozen_pretrained)
+    _fill_pretrained({"frozen": frozen}, frozen_pretrained)
     if config.frozen_from:
         apply_frozen_from(frozen, config)
     logging.info("Loaded the %s parameters of step %d from %s", "EMA" if ema else "raw", step, workdir)

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from editdiff.interop.name_map import Layout, Rule, load_state_dict
+from editdiff.tracing import abstract_module
 from eval import weights
 from eval.nets.layers import FrozenBatchNorm, avg_pool_exclude_padding, max_pool
 
@@ -231,7 +232,7 @@ def inception_from_state_dict(state_dict: Mapping[str, np.ndarray], *, source: s
                               dtype=jnp.float32) -> FIDInceptionV3:
     """FIDInceptionV3 holding `state_dict`; any missing, extra or mis-shaped tensor is a CheckpointError."""
     # Abstract (eval_shape) construction skips random initialisers; loading makes every parameter concrete.
-    model = nnx.eval_shape(lambda: FIDInceptionV3(dtype=dtype, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: FIDInceptionV3(dtype=dtype, rngs=nnx.Rngs(0)))
     load_state_dict(model, state_dict, inception_rules(model), source=source,
                     ignore=unused_inception_keys(state_dict))
     return model
