@@ -70,6 +70,20 @@ optionally with the modifier `,edit`:
 
       (tests/test_rectifier.py runs this path on a tiny random UNet2DModel: R learns, the export reproduces it.)
 
+  sd15 — Stable Diffusion's latent space: a local StableDiffusionPipeline directory (unet/, vae/, text_encoder/,
+      tokenizer/, scheduler/; SD's scaled-linear schedule, epsilon prediction) as the frozen base, run
+      unconditionally with the empty prompt's CLIP encoding as its context (as DDIM inversion of SD is usually
+      run); 512 px photos (64 x 64 x 4 latents), R with the paper's ResNet-34 encoder over the 8-channel
+      concat(z_0, P_t), the mid and up blocks modulated, batch 4, bfloat16, 20000 steps, the reconstruction
+      table every 5000. No SD weights exist on this machine; the commands (bundled photos by default):
+
+        python main.py --config configs/rectifier.py:sd15 --config.pretrained.root=SD_DIR --workdir runs/rectifier_sd15
+        python main.py --config configs/rectifier.py:sd15,edit --config.pretrained.root=SD_DIR \
+            --config.objective.clip=CLIP_DIR --config.init_from.workdir=runs/rectifier_sd15 --workdir runs/sd15_edit
+
+      (tests/test_rectifier.py runs this path on a tiny random pipeline directory: the context is the empty
+      prompt's encoding as transformers computes it, R learns, the export reproduces it in PyTorch.)
+
   tiny — for tests: two steps, a one-stage rectifier on the mid block's convs only; the base is a test's tiny
       ldm export (`--config.pretrained.root`); `tiny,edit` its editing stage (`--config.objective.clip`).
 
@@ -106,7 +120,8 @@ def _base(ldm_preset: str) -> ml_collections.ConfigDict:
     for key in SCHEDULE_KEYS:
         config.diffusion[key] = base.diffusion[key]
     config.sampler = rectifier_sampler_config()
-    config.sampler.update(spacing=base.sampler.spacing, set_alpha_to_one=base.sampler.set_alpha_to_one)
+    config.sampler.update(spacing=base.sampler.spacing, steps_offset=base.sampler.steps_offset,
+                          set_alpha_to_one=base.sampler.set_alpha_to_one)
     config.evals.reconstruction = reconstruction_entry()
     t = config.train
     t.learning_rate, t.weight_decay, t.schedule, t.decay_every, t.decay_rate = 1e-3, 1e-5, "exponential", 5000, 0.9
@@ -131,6 +146,18 @@ def _ddpm() -> ml_collections.ConfigDict:
     config.diffusion.update(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                             prediction_type="epsilon")  # DDPM's (Ho et al.); the run checks them against the base's
     config.data.crop_size = config.data.resize_short_side = 256
+    t = config.train
+    t.num_steps, t.log_every, t.checkpoint_every = 20000, 100, 1000
+    config.evals.reconstruction.update(every=5000, num_images=8, batch_size=4)
+    return config
+
+
+def _sd15() -> ml_collections.ConfigDict:
+    config = _base("sd15")  # SD's schedule (scaled linear, epsilon) and DDIM settings, 512 px
+    config.pretrained.root = ""  # a StableDiffusionPipeline directory: --config.pretrained.root
+    config.data.source.kind = "bundled"  # or --config.data.source.kind=folder --config.data.source.folder=DIR
+    config.data.batch_size = 4
+    config.compute_dtype = "bfloat16"
     t = config.train
     t.num_steps, t.log_every, t.checkpoint_every = 20000, 100, 1000
     config.evals.reconstruction.update(every=5000, num_images=8, batch_size=4)
@@ -171,9 +198,9 @@ def _edit(config: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    """`arg` = preset (demo | ddpm | tiny), optionally followed by the modifier `,edit` (the editing stage)."""
+    """`arg` = preset (demo | ddpm | sd15 | tiny), optionally followed by the modifier `,edit` (the editing stage)."""
     preset, *modifiers = [part.strip() for part in (arg or "demo").split(",")]
-    presets = {"demo": _demo, "ddpm": _ddpm, "tiny": _tiny}
+    presets = {"demo": _demo, "ddpm": _ddpm, "sd15": _sd15, "tiny": _tiny}
     if preset not in presets:
         raise ValueError(f"configs/rectifier.py: unknown preset {preset!r}; allowed: {', '.join(presets)}")
     config = presets[preset]()

@@ -4,7 +4,8 @@ writes the reconstruction table (sets reconstruction_N, arms frozen and rectifie
 (tiny random CLIP) lowers its loss, warm-starts from the reconstruction run and writes the editing table;
 `--mode=edit` writes each arm per photo and skips an unreadable file; bad bases, editing without CLIP and a
 warm start from another method's run are clear errors before anything is built; on a pixel DDPM base (a
-UNet2DModel DDPMPipeline directory, the paper's backbone) R learns and its export reproduces the JAX prediction."""
+UNet2DModel DDPMPipeline directory, the paper's backbone) and on a StableDiffusionPipeline directory (the context
+the empty prompt's encoding, as transformers computes it) R learns and its export reproduces the JAX prediction."""
 import json
 import os
 
@@ -23,8 +24,10 @@ from editdiff.interop.random_clip import write_random_clip
 from editdiff.methods.ldm import LDMMethod
 from editdiff.methods.rectifier import RectifierMethod
 from editdiff.train import modes
+from editdiff.train.build import initial_model
 from editdiff.train.config import validate_config
 from editdiff.train.loop import train_and_evaluate
+from sd_testing import write_sd_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def base(tmp_path_factory):
     """The export of a randomly initialised tiny ldm model (what `--mode=export` writes): the frozen base."""
     method = LDMMethod(ldm_config("tiny"))
     directory = str(tmp_path_factory.mktemp("ldm_base") / "export")
-    method.export(nnx.jit(lambda: method.init_model(nnx.Rngs(0)))(), directory)
+    method.export(initial_model(method), directory)
     return directory
 
 
@@ -82,13 +85,9 @@ def _overfit(config, steps: int, learning_rate: float = 2e-3):
 
 
 def _built(config):
-    """The model as the trainer builds it: init_model, then the method's pretrained values."""
+    """(method, the model a fresh run starts from)."""
     method = RectifierMethod(config)
-    model = method.init_model(nnx.Rngs(0))
-    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    for path, value in method.pretrained_state().items():
-        variables[path].set_value(jnp.asarray(value))
-    return method, model
+    return method, initial_model(method)
 
 
 def test_overfitting_a_batch_moves_only_r_and_beats_the_frozen_unet(base):
@@ -130,7 +129,13 @@ def test_a_base_that_is_no_ldm_export_or_of_another_schedule_is_a_clear_error(ba
     config = tiny(str(tmp_path))
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="config.pretrained.root: .*no ldm.json and no UNet2DModel in unet/; config.pretrained.root must be"):
+    with pytest.raises(ValueError, match="config.pretrained.root: .*no ldm.json, no UNet2DModel in unet/ and no Stable Diffusion pipeline .*"
+                                         "config.pretrained.root must be"):
+        validate_config(config, RectifierMethod)
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    (tmp_path / "model_index.json").write_text("{}")  # a pipeline without vae/, text_encoder/, tokenizer/
+    with pytest.raises(ValueError, match=r"config.pretrained.vae = '' is invalid here; allowed: a directory .*which "
+                                         r"this text base with a vae autoencoder needs"):
         validate_config(config, RectifierMethod)
     config = tiny(base)
     config.diffusion.prediction_type = "v_prediction"
@@ -226,6 +231,40 @@ def test_a_pixel_ddpm_base_trains_r_and_exports_the_modulated_unet(pixel_base, t
         summary = json.load(f)
     print(f"pixel base export: PyTorch vs JAX rectified prediction, max abs error {summary['torch_max_abs_error']:.2e}")
     assert summary["unet_class"] == "UNet2DModel" and summary["torch_max_abs_error"] < 1e-4
+
+
+@pytest.fixture(scope="module")
+def sd_pipeline(tmp_path_factory):
+    """A StableDiffusionPipeline directory of tiny random parts with the tiny preset's schedule."""
+    root = tmp_path_factory.mktemp("sd_pipeline")
+    write_sd_pipeline(root, get_config("tiny").diffusion)
+    return str(root)
+
+
+def test_a_stable_diffusion_base_runs_on_the_empty_prompts_encoding_trains_r_and_exports(sd_pipeline, tmp_path):
+    import torch
+    import transformers
+
+    losses, method, trained = _overfit(tiny(sd_pipeline), 20, learning_rate=1e-2)
+    print(f"rectifier on a tiny StableDiffusionPipeline: loss {losses[0]:.4f} -> {losses[-1]:.4f} in 20 Adam steps")
+    assert losses[-1] < 0.9 * losses[0]
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(os.path.join(sd_pipeline, "tokenizer"))
+    ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = transformers.CLIPTextModel.from_pretrained(os.path.join(sd_pipeline, "text_encoder")).eval()(
+            ids).last_hidden_state.numpy()
+    error = np.abs(np.asarray(trained.null_context[...]) - expected).max()
+    print(f"the context: E_text('') vs transformers CLIPTextModel, max abs error {error:.2e}")
+    assert trained.null_context[...].shape == expected.shape and error < 1e-4
+    trained.eval()
+    written = method.export(trained, str(tmp_path / "export"))
+    assert {os.path.relpath(p, tmp_path / "export") for p in written} == {
+        "unet", os.path.join("scheduler", "scheduler_config.json"), "rectifier", "rectifier.json", "vae",
+        os.path.join("null_context", "null_context.safetensors")}
+    with open(tmp_path / "export" / "rectifier.json") as f:
+        summary = json.load(f)
+    print(f"SD base export: PyTorch vs JAX rectified prediction, max abs error {summary['torch_max_abs_error']:.2e}")
+    assert summary["torch_max_abs_error"] < 1e-4
 
 
 def test_sdedit_and_the_ddpm_reverse_pass_start_both_arms_alike(base):

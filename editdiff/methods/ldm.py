@@ -76,6 +76,7 @@ from editdiff.nn.clip import CLIPTextConfig, CLIPTextTransformer
 from editdiff.nn.patch_autoencoder import IMAGE_CHANNELS, PatchAutoencoder
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
 from editdiff.pretrained import pretrained_path, pretrained_section
+from editdiff.tracing import abstract_module
 from input_pipeline import captions as data
 
 AUTOENCODERS = ("patch", "vae")
@@ -282,9 +283,9 @@ class TextEncoder(nnx.Module):
         return self.text_model(input_ids)[1]
 
 
-def text_encoder_state(directory: str, config: CLIPTextConfig) -> dict[tuple, np.ndarray]:
-    """The text transformer's parameters {path under TextEncoder: array} from a transformers CLIP directory;
-    the projection, the other tower and position_ids buffers are not read. CheckpointError on any mismatch."""
+def load_text_encoder(directory: str, config: CLIPTextConfig) -> TextEncoder:
+    """The frozen text transformer of a transformers CLIP directory (float32); the projection, the other tower
+    and position_ids buffers are not read. CheckpointError on any mismatch."""
     from editdiff.interop.name_map import load_state_dict
     from editdiff.interop.transformers_clip import WEIGHT_FILES, text_rules
 
@@ -293,11 +294,30 @@ def text_encoder_state(directory: str, config: CLIPTextConfig) -> dict[tuple, np
         # transformers >= 5 saves a CLIPTextModel without the `text_model.` prefix (older ones, SD's, with it).
         state_dict = {f"text_model.{key}": value for key, value in state_dict.items()}
     rules = [rule for rule in text_rules(config) if rule.flax_path[0] == "text_model"]
-    encoder = nnx.eval_shape(lambda: TextEncoder(config, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    # Abstract construction skips the random initialisers; loading makes every parameter concrete.
+    encoder = abstract_module(lambda: TextEncoder(config, dtype=jnp.float32, rngs=nnx.Rngs(0)))
     ignore = [key for key in state_dict
               if not key.startswith("text_model.") or key == "text_model.embeddings.position_ids"]
     load_state_dict(encoder, state_dict, rules, source=path, ignore=ignore)
+    return encoder
+
+
+def text_encoder_state(directory: str, config: CLIPTextConfig) -> dict[tuple, np.ndarray]:
+    """load_text_encoder's parameters as {path under TextEncoder: array}."""
+    encoder = load_text_encoder(directory, config)
     return {tuple(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(encoder, nnx.Param))}
+
+
+def empty_caption_context(text_encoder_directory: str, tokenizer_directory: str) -> np.ndarray:
+    """(1, L, D) float32: the frozen text encoder's last_hidden_state for the empty caption, L its
+    max_position_embeddings, D its hidden_size. A text-conditioned model's unconditional context (the one
+    classifier-free guidance and a dropped caption use)."""
+    from editdiff.interop.transformers_clip import load_clip_tokenizer, tokenize
+
+    config = text_encoder_config(text_encoder_directory)
+    ids = tokenize(load_clip_tokenizer(tokenizer_directory), [""], config.max_position_embeddings)
+    encoder = load_text_encoder(text_encoder_directory, config)
+    return np.asarray(nnx.jit(lambda e, i: e(i))(encoder, jnp.asarray(ids)), np.float32)
 
 
 class LatentDiffusionModel(latents_lib.LatentModel):

@@ -29,10 +29,18 @@ Inference (the paper's, for an input image x_0): DDIM inversion of z_0 with the 
 DDIM reverse pass in which every step runs the frozen U-Net for P_t, R for the offsets and the modulated U-Net
 for the update. The frozen arm runs the same reverse pass without R.
 
-The base (`config.pretrained.root`) is an export of `configs/ldm.py` (`--mode=export`): its ldm.json names the
-autoencoder, unet/ the U-Net, null_context/ the context of an unconditional base; or a diffusers DDPMPipeline
-directory, the paper's pixel-space DDPM backbones: unet/ a UNet2DModel (called without context), scheduler/,
-and z = x (no autoencoder: `PIXEL_BASE`).
+The base (`config.pretrained.root`) is one of:
+
+    an export of `configs/ldm.py` (`--mode=export`): its ldm.json names the autoencoder and the conditioning,
+        unet/ the U-Net, null_context/ the context of an unconditional base;
+    a diffusers DDPMPipeline directory, the paper's pixel-space DDPM backbones: unet/ a UNet2DModel (called
+        without context), scheduler/, and z = x (no autoencoder: `PIXEL_BASE`);
+    a diffusers StableDiffusionPipeline directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+        scheduler/; `SD_BASE`): SD's latent space.
+
+The paper's reconstruction is unconditional: a text-conditioned base (SD, or a text ldm export) runs with the
+empty caption's encoding E_text("") (1, 77, 768 for SD) as its fixed context c, computed once from the frozen
+text encoder; nothing else of the text tower is kept.
 
 `config.model.modulate` names the blocks whose convs R modulates: the paper's ("mid_block", "up_blocks"), or
 fewer. `config.model.rectifier` holds RectifierConfig's sizes (editdiff/heads/rectifier.py).
@@ -227,33 +235,58 @@ def _sampler_section() -> checks.Section:
 # export describes itself: no autoencoder (pixel patches of 1), no context.
 PIXEL_BASE = {"unet_class": "UNet2DModel", "autoencoder": {"kind": "patch", "factor": 1},
               "conditioning": "unconditional"}
+# A Stable Diffusion pipeline directory (model_index.json; unet/ a UNet2DConditionModel, vae/, text_encoder/,
+# tokenizer/, scheduler/), described the same way: SD's latent space, a text-conditioned U-Net.
+SD_BASE = {"unet_class": "UNet2DConditionModel", "autoencoder": {"kind": "vae", "subfolder": "vae"},
+           "conditioning": "text"}
+PIPELINE_INDEX = "model_index.json"
 
 
 def read_base(root: str) -> dict[str, Any]:
-    """The base's ldm.json (an export of configs/ldm.py), or PIXEL_BASE for a DDPMPipeline directory (the
-    paper's pixel DDPM backbones: unet/ a diffusers UNet2DModel, scheduler/). CheckpointError otherwise."""
+    """The base's description: its ldm.json (an export of configs/ldm.py, unconditional or text-conditioned),
+    PIXEL_BASE for a DDPMPipeline directory (the paper's pixel DDPM backbones: unet/ a diffusers UNet2DModel,
+    scheduler/), SD_BASE for a Stable Diffusion pipeline directory (model_index.json, unet/ a
+    UNet2DConditionModel). CheckpointError otherwise."""
     path = os.path.join(root, LDM_FILE)
-    unet_config = os.path.join(root, "unet", "config.json")
-    if not os.path.isfile(path):
-        if os.path.isfile(unet_config) and read_config(os.path.dirname(unet_config)).get("_class_name") == "UNet2DModel":
-            return dict(PIXEL_BASE)
-        raise CheckpointError(f"{root}: no {LDM_FILE} and no UNet2DModel in unet/; config.pretrained.root must be a "
-                              "`configs/ldm.py` export (python main.py --config configs/ldm.py --workdir W "
-                              "--mode=export writes W/export) or a diffusers DDPMPipeline directory (unet/ a "
-                              "UNet2DModel, scheduler/)")
-    with open(path) as f:
-        base = json.load(f)
-    if base.get("conditioning") != "unconditional":
-        raise CheckpointError(f"{path}: conditioning={base.get('conditioning')!r}; the rectifier runs on an "
-                              "unconditional base (a learned null context) so far")
-    return base
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    unet_directory = os.path.join(root, "unet")
+    unet_class = (read_config(unet_directory).get("_class_name")
+                  if os.path.isfile(os.path.join(unet_directory, "config.json")) else None)
+    if unet_class == "UNet2DModel":
+        return dict(PIXEL_BASE)
+    if unet_class == "UNet2DConditionModel" and os.path.isfile(os.path.join(root, PIPELINE_INDEX)):
+        return dict(SD_BASE)
+    raise CheckpointError(f"{root}: no {LDM_FILE}, no UNet2DModel in unet/ and no Stable Diffusion pipeline "
+                          f"({PIPELINE_INDEX} with a UNet2DConditionModel in unet/); config.pretrained.root must "
+                          "be a `configs/ldm.py` export (python main.py --config configs/ldm.py --workdir W "
+                          "--mode=export writes W/export), a diffusers DDPMPipeline directory (unet/ a "
+                          "UNet2DModel, scheduler/) or a StableDiffusionPipeline directory")
 
 
-def _null_context_shape(root: str, base: dict[str, Any]) -> tuple[int, ...]:
-    """(1, tokens, cross_attention_dim) of the base's null context, read from the file's header."""
+def is_text_base(base: dict[str, Any]) -> bool:
+    """A text-conditioned base: the rectifier's context is the empty caption's encoding (`null_context`)."""
+    return base.get("conditioning") == "text"
+
+
+def _base_parts(base: dict[str, Any]) -> tuple[str, ...]:
+    """The pretrained parts besides unet/ that the base needs."""
+    return (("vae",) if base["autoencoder"]["kind"] == "vae" else ()) + (
+        ("text_encoder", "tokenizer") if is_text_base(base) else ())
+
+
+def _null_context_shape(config: ml_collections.ConfigDict, base: dict[str, Any]) -> tuple[int, ...]:
+    """(1, tokens, cross_attention_dim) of the base's context, without reading weights: the header of an
+    unconditional export's null-context file, or the text encoder's (max_position_embeddings, hidden_size)."""
+    if is_text_base(base):
+        from editdiff.methods.ldm import text_encoder_config
+
+        text = text_encoder_config(pretrained_path(config, "text_encoder"))
+        return (1, text.max_position_embeddings, text.hidden_size)
     from safetensors import safe_open
 
-    with safe_open(os.path.join(root, base["files"]["null_context"]), "np") as f:
+    with safe_open(os.path.join(config.pretrained.root, base["files"]["null_context"]), "np") as f:
         return tuple(f.get_slice("null_context").get_shape())
 
 
@@ -262,16 +295,21 @@ def is_pixel_base(base: dict[str, Any]) -> bool:
 
 
 def _base_rule(config) -> list[str]:
-    """The base directory exists, is an unconditional ldm export or a DDPMPipeline directory, and
-    config.diffusion is its schedule."""
+    """The base directory exists, is an ldm export, a DDPMPipeline or a StableDiffusionPipeline directory with
+    the parts it needs, and config.diffusion is its schedule."""
     root = config.pretrained.root
     if not root:
-        return ["config.pretrained.root = '' is invalid; allowed: the export directory of a configs/ldm.py run or "
-                "a diffusers DDPMPipeline directory"]
+        return ["config.pretrained.root = '' is invalid; allowed: the export directory of a configs/ldm.py run, "
+                "a diffusers DDPMPipeline directory or a StableDiffusionPipeline directory"]
     try:
-        read_base(root)
+        base = read_base(root)
     except CheckpointError as error:
         return [f"config.pretrained.root: {error}"]
+    missing = [part for part in _base_parts(base) if not pretrained_path(config, part)]
+    if missing:
+        return [f"config.pretrained.{part} = '' is invalid here; allowed: a directory (or {root}/{part}/), which "
+                f"this {base['conditioning']} base with a {base['autoencoder']['kind']} autoencoder needs"
+                for part in missing]
     scheduler = os.path.join(root, SCHEDULER_FILE)
     if not os.path.isfile(scheduler):
         return [f"config.pretrained.root: {scheduler} is missing (the base's training schedule)"]
@@ -403,7 +441,7 @@ class RectifierMethod(Method):
         self.pixel = is_pixel_base(self.base)
         unet_config = read_config(pretrained_path(config, "unet"))
         self.unet_config = (UNet2DConfig if self.pixel else UNetConfig).from_diffusers(unet_config)
-        self.null_context_shape = None if self.pixel else _null_context_shape(config.pretrained.root, self.base)
+        self.null_context_shape = None if self.pixel else _null_context_shape(config, self.base)
         self.editing = config.objective.kind == "editing"
         self._text_direction = None
         edit = config.edit
@@ -433,7 +471,7 @@ class RectifierMethod(Method):
             unet, null_context = UNet2DModel(self.unet_config, rngs=rngs, dtype=self.dtype), None
         else:
             unet = UNet2DConditionModel(self.unet_config, rngs=rngs, dtype=self.dtype)
-            # The export's null context (its values come from pretrained_state).
+            # The base's null context or empty-caption encoding (its values come from pretrained_state).
             null_context = nnx.Param(jnp.zeros(self.null_context_shape, jnp.float32))
         factor = autoencoder.downsample_factor
         rectifier_config = RectifierConfig(**self.config.model.rectifier.to_dict(),
@@ -450,11 +488,14 @@ class RectifierMethod(Method):
 
     def pretrained_state(self) -> FlatState:
         from editdiff.interop.diffusers_unet import load_unet, load_unet2d
-        from editdiff.methods.ldm import load_null_context
+        from editdiff.methods.ldm import empty_caption_context, load_null_context
 
         unet = (load_unet2d if self.pixel else load_unet)(pretrained_path(self.config, "unet"))
         state = {("unet", *p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
-        if not self.pixel:
+        if is_text_base(self.base):
+            state[("null_context",)] = empty_caption_context(pretrained_path(self.config, "text_encoder"),
+                                                             pretrained_path(self.config, "tokenizer"))
+        elif not self.pixel:
             state[("null_context",)] = load_null_context(self.config.pretrained.root)
         if self.base["autoencoder"]["kind"] == "vae":
             from editdiff.interop.diffusers_vae import load_vae
