@@ -6,9 +6,12 @@
 
 `--config.KEY=VALUE` overrides any config value (e.g. `--config.train.num_steps=200`).
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from editdiff.config_checks import ConfigError
 from editdiff.train import modes
 
 FLAGS = flags.FLAGS
@@ -23,7 +26,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
-    modes.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    try:
+        modes.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    except ConfigError as error:  # the message says what to change: no traceback
+        sys.exit(f"{error}")
 
 
 if __name__ == "__main__":

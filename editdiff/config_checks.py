@@ -135,14 +135,19 @@ def find_problems(config: ml_collections.ConfigDict, checks: Mapping[str, Check]
     return Section("", checks, closed=False).problems(config)
 
 
+class ConfigError(ValueError):
+    """A config a run cannot start with; the message names each key, its value and what is allowed. main.py
+    prints it without a traceback."""
+
+
 def raise_problems(problems: list[str], what: str) -> None:
-    """Raises one ValueError listing every problem, if there are any."""
+    """Raises one ConfigError listing every problem, if there are any."""
     if problems:
-        raise ValueError(f"Invalid {what} config:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"Invalid {what} config:\n  " + "\n  ".join(problems))
 
 
 def validate(config: ml_collections.ConfigDict, sections: Iterable[Section], what: str = "experiment") -> None:
-    """Checks every section and raises one ValueError listing all problems of all sections."""
+    """Checks every section and raises one ConfigError listing all problems of all sections."""
     problems = []
     for section in sections:
         problems += section.problems(config)

@@ -5,6 +5,8 @@ encoder, frozen VAE) runs and exports a StableDiffusionPipeline, the caption-fol
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -172,6 +174,16 @@ def test_invalid_config_is_one_clear_error_before_anything_is_built(tmp_path, mo
     with pytest.raises(ValueError, match=re.escape(message)):
         train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_main_reports_an_invalid_config_in_its_own_words_and_writes_nothing(tmp_path):
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "main.py", "--config", "configs/ldm.py:tiny",
+                             "--config.train.num_steps=-1", "--workdir", str(tmp_path / "run")],
+                            cwd=repository, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "config.train.num_steps = -1 is invalid; allowed: an integer >= 1" in result.stderr
+    assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "run")
 
 
 def test_unknown_preset_or_modifier_names_what_is_allowed():

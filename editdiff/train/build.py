@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from editdiff.config_checks import ConfigError
 from editdiff.methods.base import Method
 from editdiff.tracing import abstract_module, linear_time_probes
 from editdiff.train import mesh as mesh_lib
@@ -45,7 +46,7 @@ from editdiff.train.warm_start import apply_frozen_from, apply_init_from, dotted
 _MAX_CONFIG_LINES = 8
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(ConfigError):
     """The workdir's checkpoint was written by a config whose model or optimiser differs from this one."""
 
 
