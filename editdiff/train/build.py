@@ -224,10 +224,10 @@ def build_run_state(
 
 def initial_model(method: Method, seed: int = 0) -> nnx.Module:
     """The model a fresh run of `method` starts from: `init_model(nnx.Rngs(seed))` with the method's pretrained
-    values written in (no random value drawn for them), on the first device, without config.init_from or
-    frozen_from. For tests and tools that need the starting model without a run."""
+    values written in (no random value drawn for them), on this process's first device, without
+    config.init_from or frozen_from. For tests and tools that need the starting model without a run."""
     mesh = jax.make_mesh((1, 1), mesh_lib.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                         devices=jax.devices()[:1])
+                         devices=jax.local_devices()[:1])
     layout = _model_layout(method, seed, mesh, fsdp_min_size=0)
     pretrained = method.pretrained_state()
     params, model_state, frozen = _initialise(method, seed, layout, parts=(0, 1, 2), replaced=pretrained)
