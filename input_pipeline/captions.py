@@ -1,4 +1,5 @@
-"""Plain image batches, optionally captioned: the data of latent diffusion training (`configs/ldm.py`).
+"""Plain image batches, optionally captioned or paired: the data of latent diffusion training (`configs/ldm.py`)
+and of restoration training on synthesised degradations (Diff-Plugin's tasks).
 
 Sources (`config.data.source.kind`), each with the fixed train / held-out split of `input_pipeline.sources`:
 
@@ -15,6 +16,7 @@ batch. Batch fields:
 
     image       (B, crop, crop, 3) float32 in [-1, 1]
     input_ids   (B, L) int32, the caption's token ids (captioned runs only; `tokenize` gives L)
+    source      (B, crop, crop, 3) float32 in [-1, 1], `image` degraded (paired runs only; `degrade` gives it)
 """
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ BUNDLED_CAPTIONS = {
 }
 
 Tokenize = Callable[[Sequence[str]], np.ndarray]  # captions -> (N, L) int32 token ids
+# (clean (H, W, 3) float32 in [0, 1], a (2,) seed) -> the degraded image, same shape and range; pure in both
+# (input_pipeline.degradations), so a paired example is rebuilt exactly from its index.
+Degrade = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 def default_image_data_config() -> ml_collections.ConfigDict:
@@ -225,12 +230,14 @@ def caption_table(source: Source, tokenize: Tokenize) -> np.ndarray:
 class ImageBatches:
     """Per-host training batches as dicts of numpy arrays (module docstring); `step` is the next batch's.
 
-    `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. `num_skipped` / `skipped_files` report
-    unusable files met so far.
+    `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. `degrade` makes it paired: each example
+    also carries `source`, its (flipped) crop degraded with the example's "degradation" seed, in [-1, 1] — the
+    input of a restoration model whose target is `image`. `num_skipped` / `skipped_files` report unusable files
+    met so far.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, tokenize: Tokenize | None = None, start_step: int = 0,
-                 process_index: int = 0, process_count: int = 1):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, tokenize: Tokenize | None = None,
+                 degrade: Degrade | None = None, start_step: int = 0, process_index: int = 0, process_count: int = 1):
         if cfg.batch_size % process_count:
             raise ValueError(f"config.data.batch_size = {cfg.batch_size} is not a multiple of the process count "
                              f"{process_count}")
@@ -253,6 +260,8 @@ class ImageBatches:
                 flip = tf.random.stateless_uniform([], purpose_seed(key, "flip")) < 0.5
                 image = tf.where(flip, tf.reverse(image, [1]), image)
             fields = {"image": image * 2.0 - 1.0}
+            if degrade is not None:
+                fields["source"] = degrade(image, purpose_seed(key, "degradation")) * 2.0 - 1.0
             if table is not None:
                 fields["input_ids"] = tf.gather(table, used)
             return fields
@@ -282,11 +291,13 @@ class ImageBatches:
 
 
 def fixed_examples(cfg: ml_collections.ConfigDict, split: str, count: int, seed: int, *,
-                   captioned: bool = False) -> dict:
+                   captioned: bool = False, degrade: Degrade | None = None) -> dict:
     """`count` fixed examples of `split` for evaluation: example i is photo i % n of the split (every photo as
     evenly as count allows), cropped at a position drawn from (seed, i), not flipped.
 
-    Returns {"image": (count, crop, crop, 3) float32 in [-1, 1]} plus "caption": [count strings] if captioned.
+    Returns {"image": (count, crop, crop, 3) float32 in [-1, 1]} plus "caption": [count strings] if captioned
+    and "source": (count, crop, crop, 3) in [-1, 1], each crop degraded with the "degradation" seed of
+    example_seed(seed, i), if `degrade` is given.
     """
     source = create_image_source(cfg.source, split, captioned=captioned)
     loader = _CropLoader(source, cfg)
@@ -299,4 +310,9 @@ def fixed_examples(cfg: ml_collections.ConfigDict, split: str, count: int, seed:
             captions.append(source.captions[int(used)])
     if len(source.skipped):
         logging.warning("fixed_examples(%s): skipped %s", split, source.skipped.as_dict())
-    return {"image": np.stack(images), **({"caption": captions} if captioned else {})}
+    examples = {"image": np.stack(images), **({"caption": captions} if captioned else {})}
+    if degrade is not None:
+        examples["source"] = np.stack([
+            np.asarray(degrade(tf.constant((image + 1.0) / 2.0), purpose_seed(example_seed(seed, i), "degradation")))
+            * 2.0 - 1.0 for i, image in enumerate(examples["image"])]).astype(np.float32)
+    return examples

@@ -256,3 +256,35 @@ def test_face_downsample_and_jpeg_lower_high_frequency_energy(photo):
     assert ratio(4.0, 100) < 0.1  # x4 down and back up: little above the small image's Nyquist survives
     # JPEG's chroma subsampling removes some at any quality; coarser quantisation removes more.
     assert ratio(1.0, 60) < min(0.85, ratio(1.0, 100) - 0.05)
+
+
+# --- paired batches (input_pipeline.captions with `degrade`) -------------------------------------------------
+
+def test_paired_batches_carry_the_degraded_crop_rebuilt_exactly_from_its_index():
+    import functools
+
+    from input_pipeline.captions import ImageBatches, default_image_data_config, fixed_examples
+    from input_pipeline.randomness import example_seed, purpose_seed
+
+    cfg = default_image_data_config()
+    cfg.crop_size, cfg.resize_short_side, cfg.batch_size = 24, 32, 4
+    derain = functools.partial(degrade, "derain")
+    first = next(ImageBatches(cfg, degrade=derain))
+    assert set(first) == {"image", "source"} and first["source"].shape == first["image"].shape == (4, 24, 24, 3)
+    assert first["source"].min() >= -1.0 and first["source"].max() <= 1.0
+    # example i's source is its clean crop degraded with its own seed: recomputed here outside the pipeline
+    for i in range(4):
+        expected = derain(tf.constant((first["image"][i] + 1.0) / 2.0),
+                          purpose_seed(example_seed(cfg.seed, tf.constant(i, tf.int64)), "degradation"))
+        np.testing.assert_allclose(first["source"][i], np.asarray(expected) * 2.0 - 1.0, atol=1e-6)
+    assert np.abs(first["source"] - first["image"]).mean() > 0.01  # rain streaks, not the clean crop
+    resumed = next(ImageBatches(cfg, degrade=derain, start_step=1))
+    batches = ImageBatches(cfg, degrade=derain)
+    next(batches)
+    np.testing.assert_array_equal(next(batches)["source"], resumed["source"])  # resume: the same pairs
+
+    held_out = fixed_examples(cfg, "heldout", 2, seed=0, degrade=derain)
+    again = fixed_examples(cfg, "heldout", 2, seed=0, degrade=derain)
+    assert held_out["source"].shape == held_out["image"].shape == (2, 24, 24, 3)
+    np.testing.assert_array_equal(held_out["source"], again["source"])
+    assert np.abs(held_out["source"] - held_out["image"]).mean() > 0.01
