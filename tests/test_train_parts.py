@@ -158,3 +158,16 @@ def test_weight_decay_shrinks_matrices_but_not_vectors():
     updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)))
     np.testing.assert_array_equal(updates["bias"], np.zeros(2))
+
+
+def test_initial_model_is_the_fresh_runs_model_with_rng_state_as_eager_code_makes_it():
+    from editdiff.train.build import initial_model
+    from tiny_method import TinyRegression, tiny_config
+
+    method = TinyRegression(tiny_config())
+    model, eager = initial_model(method, seed=3), method.init_model(nnx.Rngs(3))
+    leaves = jax.tree.leaves(nnx.state(model))
+    assert any(jnp.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves)  # Dropout's RNG stream
+    assert not any(x.committed for x in leaves)  # as eager arrays: no second compile of a first jitted call
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
+                 nnx.state(model, nnx.Param), nnx.state(eager, nnx.Param))

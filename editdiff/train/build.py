@@ -232,10 +232,17 @@ def initial_model(method: Method, seed: int = 0) -> nnx.Module:
     pretrained = method.pretrained_state()
     params, model_state, frozen = _initialise(method, seed, layout, parts=(0, 1, 2), replaced=pretrained)
     _fill_pretrained({"params": params, "frozen": frozen}, pretrained)
-    # Uncommitted default-device arrays, as eager code makes them: arrays committed to the mesh beside eager ones
-    # (an optimiser's step count) would give a first jitted call a program its later calls cannot reuse.
-    states = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), (params, model_state, frozen))
+    states = jax.tree.map(_uncommitted, (params, model_state, frozen))
     return nnx.merge(layout.graphdef, *states)
+
+
+def _uncommitted(x: jax.Array) -> jax.Array:
+    """`x` as an uncommitted default-device array, as eager code makes one (PRNG keys too): arrays committed
+    to a mesh beside eager ones (an optimiser's step count) would give a first jitted call a program its
+    later calls cannot reuse."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_uncommitted(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return jnp.asarray(np.asarray(x))
 
 
 def load_trained_model(
