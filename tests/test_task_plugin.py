@@ -1,6 +1,6 @@
 """The Task-Plugin's branches (editdiff/heads/task_plugin.py): shapes, the SCB's residuals on the U-Net's first
-skip connections only, a fresh plugin leaving the frozen U-Net's prediction unchanged (bit-identical), and its
-config derived from the U-Net."""
+skip connections only, a fresh plugin leaving the frozen U-Net's prediction unchanged (bit-identical), its
+config derived from the U-Net, and its PyTorch export (diffusers parts) reproducing both branches."""
 import dataclasses
 
 import jax
@@ -80,3 +80,27 @@ def test_config_follows_the_unets_first_stage_and_bad_shapes_are_errors():
     sd1 = UNetConfig.from_diffusers(SD1_TINY)  # one layer in its first stage: two skips
     with pytest.raises(ValueError, match="3 residuals; the U-Net's first stage has 2 skip connections"):
         down_residuals_for(sd1, [jnp.zeros((1, 8, 8, 32))] * 3)
+
+
+def test_the_pytorch_export_reproduces_the_jax_branches(parts, tmp_path):
+    import torch
+
+    from editdiff.interop.task_plugin import export_task_plugin, load_torch_task_plugin
+
+    _, plugin, (_, t, tokens, latent) = parts
+    trained = nnx.clone(plugin)  # residual convs away from zero, so that the SCB's path is compared too
+    for i, conv in enumerate(trained.spatial.zero_convs):
+        conv.kernel.set_value(0.1 * jax.random.normal(jax.random.key(20 + i), conv.kernel[...].shape))
+        conv.bias.set_value(0.1 * jax.random.normal(jax.random.key(30 + i), conv.bias[...].shape))
+    prompt, residuals = nnx.jit(lambda p, *a: p(*a))(trained, tokens, latent, t)
+    export_task_plugin(trained, tmp_path)
+    module = load_torch_task_plugin(tmp_path)
+    with torch.no_grad():
+        theirs_prompt, theirs = module(torch.from_numpy(np.array(tokens)),
+                                       torch.from_numpy(np.asarray(latent).transpose(0, 3, 1, 2).copy()),
+                                       torch.from_numpy(np.array(t)))
+    errors = [np.abs(theirs_prompt.numpy() - np.asarray(prompt)).max()] + [
+        np.abs(r.numpy().transpose(0, 2, 3, 1) - np.asarray(ours)).max() for r, ours in zip(theirs, residuals)]
+    print(f"Task-Plugin PyTorch export vs JAX: prompt tokens {errors[0]:.2e}, residuals {max(errors[1:]):.2e} "
+          "(max abs error)")
+    assert len(theirs) == len(residuals) and max(errors) < 1e-4

@@ -97,7 +97,9 @@ class TaskPromptBranch(nnx.Module):
         self.slope = config.leaky_relu_slope
         widths = (config.clip_width, config.prompt_width, config.prompt_width)
         self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-        self.norms = nnx.List([nnx.LayerNorm(config.prompt_width, dtype=dtype, rngs=rngs) for _ in widths[1:]])
+        # torch's LayerNorm (the authors' code): eps 1e-5, the two-pass variance.
+        self.norms = nnx.List([nnx.LayerNorm(config.prompt_width, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+                                             rngs=rngs) for _ in widths[1:]])
         self.out = nnx.Linear(config.prompt_width, config.context_dim, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
