@@ -137,6 +137,11 @@ def test_a_base_that_is_no_ldm_export_or_of_another_schedule_is_a_clear_error(ba
     with pytest.raises(ValueError, match=r"config.pretrained.vae = '' is invalid here; allowed: a directory .*which "
                                          r"this text base with a vae autoencoder needs"):
         validate_config(config, RectifierMethod)
+    config = tiny("")  # the sd15 / ddpm presets as shipped: the base is named first
+    with pytest.raises(ValueError, match=r"config.pretrained.root = '' is invalid; allowed: the export directory "
+                                         r"of a configs/ldm.py run, a diffusers DDPMPipeline directory or a "
+                                         r"StableDiffusionPipeline directory"):
+        validate_config(config, RectifierMethod)
     config = tiny(base)
     config.diffusion.prediction_type = "v_prediction"
     with pytest.raises(ValueError, match=r"config.diffusion.prediction_type = 'v_prediction' is invalid; allowed: "

@@ -17,8 +17,8 @@ import dataclasses
 import os
 
 from editdiff.heads.task_plugin import TaskPlugin, TaskPluginConfig
-from editdiff.interop.name_map import Rule, conv_rules, dense_rules, export_state_dict, norm_rules
 from editdiff.interop.diffusers_unet import block_rules
+from editdiff.interop.name_map import Rule, conv_rules, dense_rules, export_state_dict, norm_rules
 from editdiff.interop.torch_io import CheckpointError, read_config, read_state_dict, write_config, write_safetensors
 from editdiff.nn.controlnet import ControlNetConfig
 

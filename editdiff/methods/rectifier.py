@@ -271,8 +271,8 @@ def is_text_base(base: dict[str, Any]) -> bool:
 
 
 def _base_parts(base: dict[str, Any]) -> tuple[str, ...]:
-    """The pretrained parts besides unet/ that the base needs."""
-    return (("vae",) if base["autoencoder"]["kind"] == "vae" else ()) + (
+    """The pretrained parts the base needs."""
+    return ("unet",) + (("vae",) if base["autoencoder"]["kind"] == "vae" else ()) + (
         ("text_encoder", "tokenizer") if is_text_base(base) else ())
 
 
@@ -428,7 +428,7 @@ class RectifierMethod(Method):
         base = [checks.Section("model", {"rectifier": checks.ANY, "modulate": _MODULATE}),
                 checks.Section("objective", _OBJECTIVE_CHECKS), checks.Section("edit", _EDIT_CHECKS, rules=(_edit_rule,)),
                 diffusion_section(), _sampler_section(), *data.image_data_sections(),
-                pretrained_section(require=("unet",))]
+                pretrained_section()]
         rules = ([] if any(s.problems(config) for s in base)
                  else [_rectifier_rule, _base_rule, _objective_rule, _evals_rule])
         return [*base, checks.Section("", {}, closed=False, rules=tuple(rules))]

@@ -7,6 +7,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
+from editdiff.config_checks import ConfigError
 from editdiff.methods.reports import labelled_grid, to_uint8
 from input_pipeline.sources import IMAGE_EXTENSIONS, list_images
 
@@ -15,15 +16,15 @@ COMPARE = "compare"  # the folder of the side-by-side pictures
 
 def list_inputs(path: str) -> list[tuple[str, str]]:
     """[(name, file)] for `path`: one image file (name = its file name), or every image below a folder (names =
-    paths relative to it, sorted). ValueError naming config.edit.input when there is nothing to edit."""
+    paths relative to it, sorted). ConfigError naming config.edit.input when there is nothing to edit."""
     if os.path.isdir(path):
         inputs = [(name, os.path.join(path, name)) for name in list_images(path)]
         if not inputs:
-            raise ValueError(f"config.edit.input = {path!r} is invalid; allowed: a folder holding images "
+            raise ConfigError(f"config.edit.input = {path!r} is invalid; allowed: a folder holding images "
                              f"({', '.join(IMAGE_EXTENSIONS)}); it holds none")
         return inputs
     if not os.path.isfile(path):
-        raise ValueError(f"config.edit.input = {path!r} is invalid; allowed: an existing image file or folder")
+        raise ConfigError(f"config.edit.input = {path!r} is invalid; allowed: an existing image file or folder")
     return [(os.path.basename(path), path)]
 
 

@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from editdiff.config_checks import ConfigError
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = MESH_AXES  # the batch dimension is split over every device
 
@@ -29,14 +31,14 @@ def create_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
     fixed = data if fsdp == -1 else fsdp
     if -1 in (data, fsdp):
         if num_devices % fixed:
-            raise ValueError(
+            raise ConfigError(
                 f"config.mesh.data = {data}, config.mesh.fsdp = {fsdp}: the fixed axis must divide the "
                 f"{num_devices} devices"
             )
         data, fsdp = (num_devices // fsdp, fsdp) if data == -1 else (data, num_devices // data)
     size = data * fsdp
     if size > num_devices or (size < num_devices and jax.process_count() > 1):
-        raise ValueError(
+        raise ConfigError(
             f"config.mesh.data = {mesh_config.data}, config.mesh.fsdp = {mesh_config.fsdp} asks for {size} "
             f"devices; allowed: a product equal to the {num_devices} devices (or -1 on one axis)"
         )

@@ -19,6 +19,7 @@ import ml_collections
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
+from editdiff.config_checks import ConfigError
 from editdiff.methods.base import Method
 from editdiff.train import edit_io
 from editdiff.train import mesh as mesh_lib
@@ -51,7 +52,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, *, samples_only: 
     method, model, step = _restored(config, workdir)
     evaluators = [e for e in method.evaluators() if e.writes_samples or not samples_only]
     if not evaluators:
-        raise ValueError(f"config.evals names no {'sample grid ' if samples_only else ''}evaluator of the "
+        raise ConfigError(f"config.evals names no {'sample grid ' if samples_only else ''}evaluator of the "
                          f"{config.method} method; allowed kinds: {', '.join(method.evaluator_kinds)}")
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
     results = run_evaluators(evaluators, model, step, workdir, writer)
@@ -85,10 +86,10 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
     labels. OUTPUT is config.edit.output ("" = WORKDIR/edit). Unreadable files are skipped, logged and counted.
     Returns {"written": [paths], "skipped": {path: reason}}."""
     if not config.edit.input:
-        raise ValueError("config.edit.input = '' is invalid for --mode=edit; allowed: an image file or a folder of "
+        raise ConfigError("config.edit.input = '' is invalid for --mode=edit; allowed: an image file or a folder of "
                          "images (e.g. --config.edit.input=photo.png)")
     if method_class(config).edit is Method.edit:  # before any checkpoint is read or program compiled
-        raise ValueError(f"--mode=edit: the {config.method!r} method has no edit command; allowed modes: "
+        raise ConfigError(f"--mode=edit: the {config.method!r} method has no edit command; allowed modes: "
                          f"{', '.join(m for m in MODES if m != 'edit')}")
     inputs = edit_io.list_inputs(config.edit.input)
     method, model, step = _restored(config, workdir)
@@ -114,5 +115,5 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
     """Dispatches `mode` (one of MODES)."""
     if mode not in MODES:
-        raise ValueError(f"--mode={mode!r} is invalid; allowed: {', '.join(MODES)}")
+        raise ConfigError(f"--mode={mode!r} is invalid; allowed: {', '.join(MODES)}")
     return {"train": train, "eval": evaluate, "sample": sample, "export": export, "edit": edit}[mode](config, workdir)
