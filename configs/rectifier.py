@@ -94,7 +94,8 @@ from __future__ import annotations
 import ml_collections
 
 from configs import ldm
-from editdiff.methods.rectifier import (SCHEDULE_KEYS, default_edit_config, default_model_config,
+from editdiff.methods.bases import SCHEDULE_KEYS
+from editdiff.methods.rectifier import (default_edit_config, default_model_config,
                                         default_objective_config, editing_entry, reconstruction_entry,
                                         rectifier_diffusion_config, rectifier_sampler_config)
 from editdiff.pretrained import default_pretrained_config

@@ -29,18 +29,10 @@ Inference (the paper's, for an input image x_0): DDIM inversion of z_0 with the 
 DDIM reverse pass in which every step runs the frozen U-Net for P_t, R for the offsets and the modulated U-Net
 for the update. The frozen arm runs the same reverse pass without R.
 
-The base (`config.pretrained.root`) is one of:
-
-    an export of `configs/ldm.py` (`--mode=export`): its ldm.json names the autoencoder and the conditioning,
-        unet/ the U-Net, null_context/ the context of an unconditional base;
-    a diffusers DDPMPipeline directory, the paper's pixel-space DDPM backbones: unet/ a UNet2DModel (called
-        without context), scheduler/, and z = x (no autoencoder: `PIXEL_BASE`);
-    a diffusers StableDiffusionPipeline directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-        scheduler/; `SD_BASE`): SD's latent space.
-
-The paper's reconstruction is unconditional: a text-conditioned base (SD, or a text ldm export) runs with the
-empty caption's encoding E_text("") (1, 77, 768 for SD) as its fixed context c, computed once from the frozen
-text encoder; nothing else of the text tower is kept.
+The base (`config.pretrained.root`): an export of `configs/ldm.py`, a diffusers DDPMPipeline directory (the
+paper's pixel-space DDPM backbones: z = x, no context) or a StableDiffusionPipeline directory
+(editdiff/methods/bases.py). The paper's reconstruction is unconditional: a text-conditioned base runs with the
+empty caption's encoding as its fixed context c.
 
 `config.model.modulate` names the blocks whose convs R modulates: the paper's ("mid_block", "up_blocks"), or
 fewer. `config.model.rectifier` holds RectifierConfig's sizes (editdiff/heads/rectifier.py).
@@ -84,7 +76,6 @@ import functools
 import json
 import logging
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,25 +96,21 @@ from editdiff.nn import clip_losses
 from editdiff.interop import random_clip, transformers_clip
 from editdiff.interop.torch_io import CheckpointError, read_config
 from editdiff.methods import latents as latents_lib
+from editdiff.methods.bases import (SCHEDULER_FILE, autoencoder_factor, base_rule, broadcast_context,
+                                    build_autoencoder, frozen_base_state, is_pixel_base, null_context_shape,
+                                    read_base)
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
 from editdiff.nn.clip import CLIPVisionModel
 from editdiff.nn.clip_preprocess import resize_center_crop
-from editdiff.nn.patch_autoencoder import PatchAutoencoder
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig, modulation_paths
 from editdiff.nn.unet2d import UNet2DConfig, UNet2DModel
 from editdiff.pretrained import pretrained_path, pretrained_section
 from input_pipeline import captions as data
-from input_pipeline.images import resize_short_side
 
 # The paper's: the convs of the middle and up-sampling blocks (`modulation_paths`); `config.model.modulate`
 # may name fewer (e.g. ("mid_block",) for an ablation or a small test).
 MODULATED_BLOCKS = ("mid_block", "up_blocks")
-LDM_FILE = "ldm.json"
-SCHEDULER_FILE = os.path.join("scheduler", "scheduler_config.json")
-# config.diffusion keys that must equal the base's scheduler config: the schedule it was trained with.
-SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-                  "rescale_betas_zero_snr")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,96 +218,6 @@ def _sampler_section() -> checks.Section:
     return checks.Section("sampler", table, rules=(*shared.rules, ddim_only))
 
 
-# A pixel-space base (a diffusers DDPMPipeline directory: unet/ a UNet2DModel, scheduler/) described as an ldm
-# export describes itself: no autoencoder (pixel patches of 1), no context.
-PIXEL_BASE = {"unet_class": "UNet2DModel", "autoencoder": {"kind": "patch", "factor": 1},
-              "conditioning": "unconditional"}
-# A Stable Diffusion pipeline directory (model_index.json; unet/ a UNet2DConditionModel, vae/, text_encoder/,
-# tokenizer/, scheduler/), described the same way: SD's latent space, a text-conditioned U-Net.
-SD_BASE = {"unet_class": "UNet2DConditionModel", "autoencoder": {"kind": "vae", "subfolder": "vae"},
-           "conditioning": "text"}
-PIPELINE_INDEX = "model_index.json"
-
-
-def read_base(root: str) -> dict[str, Any]:
-    """The base's description: its ldm.json (an export of configs/ldm.py, unconditional or text-conditioned),
-    PIXEL_BASE for a DDPMPipeline directory (the paper's pixel DDPM backbones: unet/ a diffusers UNet2DModel,
-    scheduler/), SD_BASE for a Stable Diffusion pipeline directory (model_index.json, unet/ a
-    UNet2DConditionModel). CheckpointError otherwise."""
-    path = os.path.join(root, LDM_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    unet_directory = os.path.join(root, "unet")
-    unet_class = (read_config(unet_directory).get("_class_name")
-                  if os.path.isfile(os.path.join(unet_directory, "config.json")) else None)
-    if unet_class == "UNet2DModel":
-        return dict(PIXEL_BASE)
-    if unet_class == "UNet2DConditionModel" and os.path.isfile(os.path.join(root, PIPELINE_INDEX)):
-        return dict(SD_BASE)
-    raise CheckpointError(f"{root}: no {LDM_FILE}, no UNet2DModel in unet/ and no Stable Diffusion pipeline "
-                          f"({PIPELINE_INDEX} with a UNet2DConditionModel in unet/); config.pretrained.root must "
-                          "be a `configs/ldm.py` export (python main.py --config configs/ldm.py --workdir W "
-                          "--mode=export writes W/export), a diffusers DDPMPipeline directory (unet/ a "
-                          "UNet2DModel, scheduler/) or a StableDiffusionPipeline directory")
-
-
-def is_text_base(base: dict[str, Any]) -> bool:
-    """A text-conditioned base: the rectifier's context is the empty caption's encoding (`null_context`)."""
-    return base.get("conditioning") == "text"
-
-
-def _base_parts(base: dict[str, Any]) -> tuple[str, ...]:
-    """The pretrained parts the base needs."""
-    return ("unet",) + (("vae",) if base["autoencoder"]["kind"] == "vae" else ()) + (
-        ("text_encoder", "tokenizer") if is_text_base(base) else ())
-
-
-def _null_context_shape(config: ml_collections.ConfigDict, base: dict[str, Any]) -> tuple[int, ...]:
-    """(1, tokens, cross_attention_dim) of the base's context, without reading weights: the header of an
-    unconditional export's null-context file, or the text encoder's (max_position_embeddings, hidden_size)."""
-    if is_text_base(base):
-        from editdiff.methods.ldm import text_encoder_config
-
-        text = text_encoder_config(pretrained_path(config, "text_encoder"))
-        return (1, text.max_position_embeddings, text.hidden_size)
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(config.pretrained.root, base["files"]["null_context"]), "np") as f:
-        return tuple(f.get_slice("null_context").get_shape())
-
-
-def is_pixel_base(base: dict[str, Any]) -> bool:
-    return base.get("unet_class") == "UNet2DModel"
-
-
-def _base_rule(config) -> list[str]:
-    """The base directory exists, is an ldm export, a DDPMPipeline or a StableDiffusionPipeline directory with
-    the parts it needs, and config.diffusion is its schedule."""
-    root = config.pretrained.root
-    if not root:
-        return ["config.pretrained.root = '' is invalid; allowed: the export directory of a configs/ldm.py run, "
-                "a diffusers DDPMPipeline directory or a StableDiffusionPipeline directory"]
-    try:
-        base = read_base(root)
-    except CheckpointError as error:
-        return [f"config.pretrained.root: {error}"]
-    missing = [part for part in _base_parts(base) if not pretrained_path(config, part)]
-    if missing:
-        return [f"config.pretrained.{part} = '' is invalid here; allowed: a directory (or {root}/{part}/), which "
-                f"this {base['conditioning']} base with a {base['autoencoder']['kind']} autoencoder needs"
-                for part in missing]
-    scheduler = os.path.join(root, SCHEDULER_FILE)
-    if not os.path.isfile(scheduler):
-        return [f"config.pretrained.root: {scheduler} is missing (the base's training schedule)"]
-    with open(scheduler) as f:
-        saved = json.load(f)
-    return [f"config.diffusion.{key} = {config.diffusion[key]!r} is invalid; allowed: the base's {saved[key]!r} "
-            f"({scheduler})" for key in SCHEDULE_KEYS
-            if key in saved and config.diffusion[key] != saved[key]
-            and not (isinstance(saved[key], float) and np.isclose(config.diffusion[key], saved[key]))]
-
-
 def _rectifier_rule(config) -> list[str]:
     """config.model.rectifier holds RectifierConfig fields with values it accepts (its own checks, one place)."""
     fields = config.model.rectifier
@@ -398,9 +295,8 @@ class RectifiedModel(latents_lib.LatentModel):
         """The U-Net at (z_t, t): with the null context (an ldm base), or a UNet2DModel (no context)."""
         if self.null_context is None:
             return self.unet(z_t, t, modulation=modulation).astype(jnp.float32)
-        null = self.null_context[...]
-        context = jnp.broadcast_to(null, (z_t.shape[0], *null.shape[1:]))
-        return self.unet(z_t, t, context, modulation=modulation).astype(jnp.float32)
+        return self.unet(z_t, t, broadcast_context(self.null_context, z_t.shape[0]),
+                         modulation=modulation).astype(jnp.float32)
 
     def frozen_prediction(self, z_t: jax.Array, t: jax.Array) -> jax.Array:
         """The frozen U-Net's prediction (the schedule's type) at (z_t (B, h, w, C), t (B,)), float32."""
@@ -430,7 +326,7 @@ class RectifierMethod(Method):
                 diffusion_section(), _sampler_section(), *data.image_data_sections(),
                 pretrained_section()]
         rules = ([] if any(s.problems(config) for s in base)
-                 else [_rectifier_rule, _base_rule, _objective_rule, _evals_rule])
+                 else [_rectifier_rule, base_rule, _objective_rule, _evals_rule])
         return [*base, checks.Section("", {}, closed=False, rules=tuple(rules))]
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -441,7 +337,7 @@ class RectifierMethod(Method):
         self.pixel = is_pixel_base(self.base)
         unet_config = read_config(pretrained_path(config, "unet"))
         self.unet_config = (UNet2DConfig if self.pixel else UNetConfig).from_diffusers(unet_config)
-        self.null_context_shape = None if self.pixel else _null_context_shape(config, self.base)
+        self.null_context_shape = None if self.pixel else null_context_shape(config, self.base)
         self.editing = config.objective.kind == "editing"
         self._text_direction = None
         edit = config.edit
@@ -456,17 +352,8 @@ class RectifierMethod(Method):
             if note:
                 logging.warning("config.objective.clip = %s is %s", config.objective.clip, note)
 
-    def _autoencoder(self, rngs: nnx.Rngs) -> nnx.Module:
-        autoencoder = self.base["autoencoder"]
-        if autoencoder["kind"] == "patch":
-            return PatchAutoencoder(autoencoder["factor"])
-        from editdiff.nn.vae import AutoencoderKL, VAEConfig
-
-        return AutoencoderKL(VAEConfig.from_diffusers(read_config(pretrained_path(self.config, "vae"))),
-                             rngs=rngs, dtype=self.dtype)
-
     def init_model(self, rngs: nnx.Rngs) -> RectifiedModel:
-        autoencoder = self._autoencoder(rngs)
+        autoencoder = build_autoencoder(self.config, self.base, rngs=rngs, dtype=self.dtype)
         if self.pixel:
             unet, null_context = UNet2DModel(self.unet_config, rngs=rngs, dtype=self.dtype), None
         else:
@@ -487,22 +374,7 @@ class RectifierMethod(Method):
         return RectifiedModel(autoencoder, unet, null_context, rectifier, clip_vision, text_direction)
 
     def pretrained_state(self) -> FlatState:
-        from editdiff.interop.diffusers_unet import load_unet, load_unet2d
-        from editdiff.methods.ldm import empty_caption_context, load_null_context
-
-        unet = (load_unet2d if self.pixel else load_unet)(pretrained_path(self.config, "unet"))
-        state = {("unet", *p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
-        if is_text_base(self.base):
-            state[("null_context",)] = empty_caption_context(pretrained_path(self.config, "text_encoder"),
-                                                             pretrained_path(self.config, "tokenizer"))
-        elif not self.pixel:
-            state[("null_context",)] = load_null_context(self.config.pretrained.root)
-        if self.base["autoencoder"]["kind"] == "vae":
-            from editdiff.interop.diffusers_vae import load_vae
-
-            vae = load_vae(pretrained_path(self.config, "vae"))
-            state.update({("autoencoder", *p): np.asarray(v[...])
-                          for p, v in nnx.to_flat_state(nnx.state(vae, nnx.Param))})
+        state = dict(frozen_base_state(self.config, self.base))
         if self.editing:
             vision = transformers_clip.load_clip_vision(self.config.objective.clip)
             state.update({("clip_vision", *p): np.asarray(v[...])
@@ -654,38 +526,15 @@ class RectifierMethod(Method):
         """The rectified (or edited) and the frozen reverse pass from the frozen DDIM inversion of `image`
         (H, W, 3): at the training photos' scale (short side config.data.resize_short_side, when set), centre-
         cropped to a multiple of the latent U-Net's downsampling (module docstring)."""
-        short_side = self.config.data.resize_short_side
-        if short_side and min(image.shape[:2]) != short_side:
-            logging.info("--mode=edit: resized %dx%d to the short side %d of the training photos "
-                         "(config.data.resize_short_side)", image.shape[1], image.shape[0], short_side)
-            image = resize_short_side((image + 1.0) / 2.0, short_side) * 2.0 - 1.0
-        multiple = self.size_multiple
-        height, width = (n - n % multiple for n in image.shape[:2])
-        if not (height and width):
-            raise ValueError(f"--mode=edit: an image of {image.shape[1]}x{image.shape[0]} px is smaller than the "
-                             f"model's {multiple} px grid")
-        top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-        if (height, width) != image.shape[:2]:
-            logging.info("--mode=edit: centre-cropped %dx%d to %dx%d (a multiple of %d px)", image.shape[1],
-                         image.shape[0], width, height, multiple)
-        cropped = np.asarray(image[top:top + height, left:left + width], np.float32)
+        cropped = latents_lib.fit_image(image, self.config.data.resize_short_side, self.size_multiple)
         results = {arm: np.asarray(images[0]) for arm, images in self._edit(model, jnp.asarray(cropped[None])).items()}
         return {"edited" if self.editing else "rectified": results["rectified"], "frozen": results["frozen"],
                 "input": cropped}
 
-    def _autoencoder_factor(self) -> int:
-        """The base autoencoder's downsampling factor, from its config (no weights read)."""
-        autoencoder = self.base["autoencoder"]
-        if autoencoder["kind"] == "patch":
-            return autoencoder["factor"]
-        from editdiff.nn.vae import VAEConfig
-
-        return VAEConfig.from_diffusers(read_config(pretrained_path(self.config, "vae"))).downsample_factor
-
     @functools.cached_property
     def size_multiple(self) -> int:
         """The image sizes the model takes are multiples of this: the autoencoder's factor times the U-Net's."""
-        return self._autoencoder_factor() * 2 ** (len(self.unet_config.block_out_channels) - 1)
+        return autoencoder_factor(self.config, self.base) * 2 ** (len(self.unet_config.block_out_channels) - 1)
 
     def evaluators(self) -> list[Evaluator]:
         kinds = {"reconstruction": ReconstructionEvaluator, "editing": EditingEvaluator}
