@@ -8,6 +8,9 @@ Sources (`config.data.source.kind`), each with the fixed train / held-out split 
   `metadata.jsonl` of its folder or a folder above (`{"file_name": path relative to that folder, "text": ...}`,
   the Hugging Face ImageFolder convention diffusers' text-to-image scripts read), else the first line of a
   sidecar `NAME.txt` beside `NAME.jpg`; an image without a caption is skipped (and logged) before the split.
+- paired_folder: a restoration dataset of (degraded input, clean target) photos in one of the folder layouts of
+  `input_pipeline.paired_folders` (`config.data.source.layout`); never captioned. Both photos of a pair get
+  the same resize, crop and flip, so `source` is the real input aligned pixel for pixel with `image`.
 
 Example i of a run (i = step * batch_size + position in the global batch) is a pure function of (seed, i): its
 photo is position i % n of a stateless permutation of epoch i // n (every photo once per epoch), its crop and
@@ -16,7 +19,8 @@ batch. Batch fields:
 
     image       (B, crop, crop, 3) float32 in [-1, 1]
     input_ids   (B, L) int32, the caption's token ids (captioned runs only; `tokenize` gives L)
-    source      (B, crop, crop, 3) float32 in [-1, 1], `image` degraded (paired runs only; `degrade` gives it)
+    source      (B, crop, crop, 3) float32 in [-1, 1], `image` degraded (paired runs only): the real input of a
+                paired_folder source, else `image` degraded by `degrade`
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ import tensorflow as tf
 
 from editdiff import config_checks as checks
 from input_pipeline.images import UnreadableImage, fit_to_crop, resize_short_side
+from input_pipeline.paired_folders import LAYOUTS, PairedFolderSource
 from input_pipeline.randomness import example_seed, purpose_seed
 from input_pipeline.sources import BundledSource, FolderSource, Source, list_images, split_paths
 
-SOURCE_KINDS = ("bundled", "folder")
+SOURCE_KINDS = ("bundled", "folder", "paired_folder")
 SMALL_IMAGE_POLICIES = ("upscale", "pad", "skip")
 METADATA_FILE = "metadata.jsonl"
 _PERMUTATION_SALT = 0x1D11  # not the multitask pipeline's: the two pipelines draw unrelated orders
@@ -59,10 +64,17 @@ Tokenize = Callable[[Sequence[str]], np.ndarray]  # captions -> (N, L) int32 tok
 Degrade = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
+def paired_folder_source_config() -> ml_collections.ConfigDict:
+    """`config.data.source` of a paired restoration dataset: set `folder` to its root and `layout` to one of
+    `input_pipeline.paired_folders.LAYOUTS`."""
+    return ml_collections.ConfigDict(dict(kind="paired_folder", folder="", layout="generic", heldout_per_mille=100))
+
+
 def default_image_data_config() -> ml_collections.ConfigDict:
     """`config.data` of an image-only (or captioned) run: the bundled photos, 64 px crops of 96 px photos."""
     cfg = ml_collections.ConfigDict()
-    cfg.source = ml_collections.ConfigDict(dict(kind="bundled", folder="", heldout_per_mille=100))
+    cfg.source = paired_folder_source_config()
+    cfg.source.kind = "bundled"  # one of SOURCE_KINDS; `layout` is read by paired_folder only
     cfg.crop_size = 64
     cfg.resize_short_side = 96  # >0: resize every photo so its short side has this length, then crop
     cfg.small_image_policy = "upscale"
@@ -76,9 +88,9 @@ def default_image_data_config() -> ml_collections.ConfigDict:
 
 def _folder_rules(config) -> list[str]:
     source, problems = config.data.source, []
-    if source.kind == "folder" and not os.path.isdir(source.folder):
+    if source.kind in ("folder", "paired_folder") and not os.path.isdir(source.folder):
         problems.append(f"config.data.source.folder = {source.folder!r} is invalid; allowed: an existing "
-                        "directory of images when config.data.source.kind = 'folder'")
+                        f"directory of images when config.data.source.kind = {source.kind!r}")
     resize, crop = config.data.resize_short_side, config.data.crop_size
     if 0 < resize < crop:
         problems.append(f"config.data.resize_short_side = {resize} is invalid; allowed: 0 (off) or at least "
@@ -104,6 +116,7 @@ def image_data_sections() -> list[checks.Section]:
         checks.Section("data.source", {
             "kind": checks.one_of(SOURCE_KINDS),
             "folder": checks.string(),
+            "layout": checks.one_of(tuple(LAYOUTS)),
             "heldout_per_mille": ((lambda v: checks.is_int(v) and 0 <= v < 1000), "an integer in [0, 1000)"),
         }, rules=(_folder_rules,)),
     ]
@@ -155,7 +168,13 @@ class CaptionFolderSource(FolderSource):
 
 def create_image_source(source_config: ml_collections.ConfigDict, split: str, *, captioned: bool) -> Source:
     """The source of `split` ('train' or 'heldout'); captioned sources carry `captions` aligned with `ids`."""
-    if source_config.kind == "bundled":
+    if source_config.kind == "paired_folder":
+        if captioned:
+            raise ValueError("config.data.source.kind = 'paired_folder' has no captions; a captioned run needs "
+                             "kind 'bundled' or 'folder'")
+        source = PairedFolderSource(source_config.folder, source_config.layout, split,
+                                    source_config.heldout_per_mille)
+    elif source_config.kind == "bundled":
         source = BundledSource(split)
         if captioned:
             source.captions = [BUNDLED_CAPTIONS[item] for item in source.ids]
@@ -176,10 +195,16 @@ def create_image_source(source_config: ml_collections.ConfigDict, split: str, *,
 
 class _CropLoader:
     """Python side of the pipeline: photo index + crop position -> (crop in [0, 1], index of the photo used).
-    An unusable photo is replaced by the next usable one of the split (its caption follows it)."""
+    An unusable photo is replaced by the next usable one of the split (its caption follows it).
+
+    The crop has `channels` channels: 3, or 6 for a paired_folder source, the target's then the input's. One
+    array for both photos of a pair makes the same crop (and later the same flip) hold for both by construction.
+    """
 
     def __init__(self, source: Source, cfg: ml_collections.ConfigDict):
         self.source = source
+        self.paired = isinstance(source, PairedFolderSource)
+        self.channels = 6 if self.paired else 3
         self.crop_size = cfg.crop_size
         self.policy = cfg.small_image_policy
         self.short_side = cfg.resize_short_side
@@ -187,15 +212,16 @@ class _CropLoader:
         self._prepared = functools.lru_cache(maxsize=256)(self._prepare)
 
     def _prepare(self, index: int) -> np.ndarray:
-        photo, _ = self.source.load(index)
-        if self.short_side:
-            photo = resize_short_side(photo, self.short_side)
-        fitted = fit_to_crop(photo, self.crop_size, self.policy)
-        if fitted is None:
+        photo, real_input = self.source.load(index)
+        photos = [photo, real_input] if self.paired else [photo]
+        if self.short_side:  # a pair has one size, so both photos get the same resize
+            photos = [resize_short_side(p, self.short_side) for p in photos]
+        fitted = [fit_to_crop(p, self.crop_size, self.policy) for p in photos]
+        if fitted[0] is None:
             self.source.skipped.add(self.source.ids[index], f"smaller than crop_size={self.crop_size}: "
-                                                            f"{photo.shape[:2]}")
+                                                            f"{photos[0].shape[:2]}")
             raise UnreadableImage("too small")
-        return fitted
+        return np.concatenate(fitted, axis=-1)
 
     def usable(self, index: int) -> tuple[np.ndarray, int]:
         n = len(self.source)
@@ -230,10 +256,11 @@ def caption_table(source: Source, tokenize: Tokenize) -> np.ndarray:
 class ImageBatches:
     """Per-host training batches as dicts of numpy arrays (module docstring); `step` is the next batch's.
 
-    `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. `degrade` makes it paired: each example
-    also carries `source`, its (flipped) crop degraded with the example's "degradation" seed, in [-1, 1] — the
-    input of a restoration model whose target is `image`. `num_skipped` / `skipped_files` report unusable files
-    met so far.
+    `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. A paired_folder source or `degrade` makes
+    it paired: each example also carries `source` in [-1, 1], the input of a restoration model whose target is
+    `image` — the real input photo of a paired_folder source (cropped and flipped with its target; `degrade` is
+    not called), else the (flipped) crop degraded with the example's "degradation" seed. `num_skipped` /
+    `skipped_files` report unusable files met so far.
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, tokenize: Tokenize | None = None,
@@ -253,14 +280,17 @@ class ImageBatches:
             index = (position // local) * global_batch + first + position % local
             key = example_seed(seed, index)
             fraction = tf.random.stateless_uniform([2], purpose_seed(key, "crop"))
-            image, used = tf.numpy_function(loader.crop, [_epoch_photo(seed, index, n), fraction],
-                                            [tf.float32, tf.int64], stateful=False)
-            image.set_shape([crop, crop, 3])
+            pixels, used = tf.numpy_function(loader.crop, [_epoch_photo(seed, index, n), fraction],
+                                             [tf.float32, tf.int64], stateful=False)
+            pixels.set_shape([crop, crop, loader.channels])
             if cfg.random_flip:
                 flip = tf.random.stateless_uniform([], purpose_seed(key, "flip")) < 0.5
-                image = tf.where(flip, tf.reverse(image, [1]), image)
+                pixels = tf.where(flip, tf.reverse(pixels, [1]), pixels)
+            image = pixels[..., :3]
             fields = {"image": image * 2.0 - 1.0}
-            if degrade is not None:
+            if loader.paired:
+                fields["source"] = pixels[..., 3:] * 2.0 - 1.0
+            elif degrade is not None:
                 fields["source"] = degrade(image, purpose_seed(key, "degradation")) * 2.0 - 1.0
             if table is not None:
                 fields["input_ids"] = tf.gather(table, used)
@@ -296,22 +326,26 @@ def fixed_examples(cfg: ml_collections.ConfigDict, split: str, count: int, seed:
     evenly as count allows), cropped at a position drawn from (seed, i), not flipped.
 
     Returns {"image": (count, crop, crop, 3) float32 in [-1, 1]} plus "caption": [count strings] if captioned
-    and "source": (count, crop, crop, 3) in [-1, 1], each crop degraded with the "degradation" seed of
-    example_seed(seed, i), if `degrade` is given.
+    and "source": (count, crop, crop, 3) in [-1, 1] for a paired_folder source (the real input, cropped with its
+    target; `degrade` is not called) or when `degrade` is given (each crop degraded with the "degradation" seed
+    of example_seed(seed, i)).
     """
     source = create_image_source(cfg.source, split, captioned=captioned)
     loader = _CropLoader(source, cfg)
-    images, captions = [], []
+    crops, captions = [], []
     for i in range(count):
         fraction = np.random.default_rng([seed, i, 0x1D11]).uniform(size=2)
         crop, used = loader.crop(i % len(source), fraction)
-        images.append(crop * 2.0 - 1.0)
+        crops.append(crop * 2.0 - 1.0)
         if captioned:
             captions.append(source.captions[int(used)])
     if len(source.skipped):
         logging.warning("fixed_examples(%s): skipped %s", split, source.skipped.as_dict())
-    examples = {"image": np.stack(images), **({"caption": captions} if captioned else {})}
-    if degrade is not None:
+    pixels = np.stack(crops)
+    examples = {"image": pixels[..., :3], **({"caption": captions} if captioned else {})}
+    if loader.paired:
+        examples["source"] = pixels[..., 3:]
+    elif degrade is not None:
         examples["source"] = np.stack([
             np.asarray(degrade(tf.constant((image + 1.0) / 2.0), purpose_seed(example_seed(seed, i), "degradation")))
             * 2.0 - 1.0 for i, image in enumerate(examples["image"])]).astype(np.float32)
