@@ -60,8 +60,9 @@ BUNDLED_CAPTIONS = {
 
 Tokenize = Callable[[Sequence[str]], np.ndarray]  # captions -> (N, L) int32 token ids
 # (clean (H, W, 3) float32 in [0, 1], a (2,) seed) -> the degraded image, same shape and range; pure in both
-# (input_pipeline.degradations), so a paired example is rebuilt exactly from its index.
-Degrade = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+# (input_pipeline.degradations), so a paired example is rebuilt exactly from its index. ImageBatches also takes
+# one returning {"source": the degraded image, FIELD: tensor, ...}.
+Degrade = Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, tf.Tensor]]
 
 
 def paired_folder_source_config() -> ml_collections.ConfigDict:
@@ -259,7 +260,9 @@ class ImageBatches:
     `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. A paired_folder source or `degrade` makes
     it paired: each example also carries `source` in [-1, 1], the input of a restoration model whose target is
     `image` — the real input photo of a paired_folder source (cropped and flipped with its target; `degrade` is
-    not called), else the (flipped) crop degraded with the example's "degradation" seed. `num_skipped` /
+    not called), else the (flipped) crop degraded with the example's "degradation" seed. `degrade` may return a
+    dict instead of the image: its "source" is the degraded image, its other entries become batch fields as they
+    are (a multi-task degradation's drawn task, say). `num_skipped` /
     `skipped_files` report unusable files met so far.
     """
 
@@ -291,7 +294,11 @@ class ImageBatches:
             if loader.paired:
                 fields["source"] = pixels[..., 3:] * 2.0 - 1.0
             elif degrade is not None:
-                fields["source"] = degrade(image, purpose_seed(key, "degradation")) * 2.0 - 1.0
+                degraded = degrade(image, purpose_seed(key, "degradation"))
+                if isinstance(degraded, dict):  # a degradation with fields of its own (e.g. which task it drew)
+                    fields |= {name: value for name, value in degraded.items() if name != "source"}
+                    degraded = degraded["source"]
+                fields["source"] = degraded * 2.0 - 1.0
             if table is not None:
                 fields["input_ids"] = tf.gather(table, used)
             return fields

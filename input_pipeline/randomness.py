@@ -11,7 +11,7 @@ import tensorflow as tf
 # One id per independent use of randomness inside an example; never renumber (it would change every batch).
 PURPOSES = {
     "reference": 2, "labels": 3, "strengths": 4, "crop": 5, "reference_crop": 6, "flip": 7,
-    "motion_angle": 8, "grain": 9, "mask": 10, "degradation": 11,
+    "motion_angle": 8, "grain": 9, "mask": 10, "degradation": 11, "task": 12, "positive": 13, "negatives": 14,
 }
 
 

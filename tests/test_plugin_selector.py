@@ -89,3 +89,15 @@ def test_training_the_heads_raises_zta_on_held_out_phrasings():
     # measured: ZTA 0.08 -> 0.83, mAP 0.45 -> 1.00 (the rankings all right; two of the 12 held-out phrasings
     # leave a negative plugin above theta = 0 or their own below it)
     assert after["ZTA"] >= 0.75 and after["ZTA"] > before["ZTA"] + 0.5 and after["mAP"] >= 0.95
+
+
+def test_every_task_has_training_and_held_out_phrasings_that_differ():
+    from input_pipeline import instructions
+    from input_pipeline.degradations import DEGRADATIONS
+
+    assert set(instructions.PHRASINGS) == set(DEGRADATIONS)
+    every = [p for task in instructions.PHRASINGS for p in instructions.PHRASINGS[task]]
+    assert len(set(every)) == len(every)  # no phrasing asks for two tasks
+    for task in instructions.PHRASINGS:
+        train, heldout = instructions.phrasings(task, "train"), instructions.phrasings(task, "heldout")
+        assert len(heldout) == instructions.HELD_OUT and len(train) >= 6 and not set(train) & set(heldout)

@@ -38,9 +38,11 @@ def write_byte_level_tokenizer(directory: str | os.PathLike, model_max_length: i
     return vocab
 
 
-def write_random_clip(directory: str | os.PathLike, seed: int = 0, image_size: int = 224) -> str:
+def write_random_clip(directory: str | os.PathLike, seed: int = 0, image_size: int = 224,
+                      vision_width: int = 64) -> str:
     """Writes the stand-in CLIPModel and its tokenizer to `directory`; returns the directory. `image_size`
-    (a multiple of the patch size 32; tests use 32) is CLIP's input resolution."""
+    (a multiple of the patch size 32; tests use 32) is CLIP's input resolution, `vision_width` the vision
+    tower's hidden size (a multiple of its 4 heads)."""
     import torch
     import transformers
 
@@ -52,7 +54,7 @@ def write_random_clip(directory: str | os.PathLike, seed: int = 0, image_size: i
     config = transformers.CLIPConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=32, **special),
-        vision_config=dict(image_size=image_size, patch_size=32, hidden_size=64, intermediate_size=128,
+        vision_config=dict(image_size=image_size, patch_size=32, hidden_size=vision_width, intermediate_size=128,
                            num_hidden_layers=2, num_attention_heads=4),
         projection_dim=64)
     transformers.CLIPModel(config).eval().save_pretrained(directory)

@@ -123,3 +123,90 @@ def _torch_class():
             return prompt, self.spatial(latent, timesteps, prompt)
 
     return TorchTaskPlugin
+
+
+def skip_shapes(unet_config: dict) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """([(channels, downsampling) per skip connection], (channels, downsampling) of the mid block) of a diffusers
+    UNet2DConditionModel config: conv_in, then each down block's layers and downsampler."""
+    channels, layers = unet_config["block_out_channels"], unet_config["layers_per_block"]
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    skips, factor = [(channels[0], 1)], 1
+    for i, (width, count) in enumerate(zip(channels, layers)):
+        skips += [(width, factor)] * count
+        if i < len(channels) - 1:
+            factor *= 2
+            skips.append((width, factor))
+    return skips, (channels[-1], factor)
+
+
+def torch_plugin_prediction(unet, plugin, clip_vision, pixel_values, z_t, timesteps, condition):
+    """The diffusers U-Net's prediction with a TorchTaskPlugin: CLIP patch tokens (last hidden state before the
+    post-LayerNorm, class token dropped) -> the plugin -> prompt tokens as encoder_hidden_states and residuals
+    on the first skips (zeros on the rest and the mid block). pixel_values (B, 3, S, S) CLIP-normalised; z_t,
+    condition (B, C, h, w); timesteps (B,). Returns (B, C, h, w)."""
+    import torch
+
+    tokens = clip_vision(pixel_values=pixel_values).last_hidden_state[:, 1:]
+    prompt, residuals = plugin(tokens, condition, timesteps)
+    skips, (mid_width, mid_factor) = skip_shapes(dict(unet.config))
+    batch, _, height, width = z_t.shape
+    zeros = [torch.zeros(batch, c, height // f, width // f) for c, f in skips[len(residuals):]]
+    return unet(z_t, timesteps, encoder_hidden_states=prompt, down_block_additional_residuals=(*residuals, *zeros),
+                mid_block_additional_residual=torch.zeros(batch, mid_width, height // mid_factor, width // mid_factor)
+                ).sample
+
+
+def exported_plugin_prediction_error(model, task: str, *, plugin_directory: str, unet_directory: str,
+                                     clip_directory: str) -> float | None:
+    """Max abs difference between `model.plugin_prediction(task, ...)` (an editdiff PluginModel) and
+    `torch_plugin_prediction` from the exported plugin, the diffusers U-Net and the transformers CLIP vision
+    tower on a fixed input: batch 2, random CLIP pixels, z_t and condition latent of the U-Net's sample size,
+    t = (10, 900). None when torch, diffusers or transformers is not installed."""
+    try:
+        import diffusers
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    unet_config = read_config(unet_directory)
+    size, channels = unet_config["sample_size"], unet_config["in_channels"]
+    clip_size = model.clip_vision.config.image_size
+    keys = jax.random.split(jax.random.key(0), 3)
+    pixels = jax.random.normal(keys[0], (2, clip_size, clip_size, 3), jnp.float32)
+    z_t, condition = (jax.random.normal(k, (2, size, size, channels), jnp.float32) for k in keys[1:])
+    t = jnp.array([10, 900], jnp.int32)
+
+    def predict(m, pixels, z_t, t, condition):
+        tokens = m.clip_vision(pixels).patch_tokens
+        return m.plugin_prediction(task, z_t, t, tokens, condition)
+
+    expected = np.asarray(nnx.jit(predict)(model, pixels, z_t, t, condition))
+    nchw = lambda x: torch.from_numpy(np.asarray(x, np.float32).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        got = torch_plugin_prediction(
+            diffusers.UNet2DConditionModel.from_pretrained(unet_directory).eval(), load_torch_task_plugin(plugin_directory),
+            transformers.CLIPVisionModel.from_pretrained(clip_directory).eval(), nchw(pixels), nchw(z_t),
+            torch.from_numpy(np.array(t)).long(), nchw(condition))
+    return float(np.abs(got.permute(0, 2, 3, 1).numpy() - expected).max())
+
+
+SELECTOR_WEIGHTS_NAME = "plugin_selector.safetensors"
+
+
+def export_plugin_selector(selector, directory: str | os.PathLike) -> None:
+    """Writes the Plugin-Selector's heads as safetensors under torch names: visual_projection.{weight (E, D),
+    bias}, text_projection.{weight, bias} (torch.nn.Linear's layout) and logit_scale (a scalar)."""
+    import numpy as np
+
+    os.makedirs(directory, exist_ok=True)
+    tensors = {"logit_scale": np.asarray(selector.logit_scale[...], np.float32)}
+    for name in ("visual_projection", "text_projection"):
+        dense = getattr(selector, name)
+        tensors[f"{name}.weight"] = np.asarray(dense.kernel[...], np.float32).T.copy()
+        tensors[f"{name}.bias"] = np.asarray(dense.bias[...], np.float32)
+    write_safetensors(os.path.join(directory, SELECTOR_WEIGHTS_NAME), tensors)

@@ -128,6 +128,12 @@ def read_vision_config(directory: str | os.PathLike) -> CLIPVisionConfig:
     return CLIPVisionConfig.from_transformers_dict(raw_config)
 
 
+def read_text_config(directory: str | os.PathLike) -> CLIPTextConfig:
+    """The text tower's config of a CLIPModel or CLIPTextModelWithProjection directory (no weights read)."""
+    raw_config, _ = _tower_config(os.fspath(directory), "text")
+    return CLIPTextConfig.from_transformers_dict(raw_config)
+
+
 def load_clip_vision(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> CLIPVisionModel:
     """The vision tower + visual projection of a CLIPModel or CLIPVisionModelWithProjection directory."""
     return _load(directory, "vision", CLIPVisionConfig, CLIPVisionModel, vision_rules, dtype)

@@ -101,6 +101,11 @@ class Method(abc.ABC):
         model allows; the method logs any resize or crop. `model` is the restored EMA model in eval mode."""
         raise NotImplementedError(f"{type(self).__name__} has no --mode=edit")
 
+    def edit_summary(self) -> dict | None:
+        """What the last `edit` decided beyond its images (e.g. the plugins an instruction selected and their
+        scores), JSON-serialisable; `--mode=edit` writes it as OUTPUT/summary/NAME.json. None: nothing."""
+        return None
+
     def export(self, model: nnx.Module, directory: str) -> list[str]:
         """Writes the trained model as PyTorch-loadable directories (diffusers layout where one exists) under
         `directory`; returns the paths written."""

@@ -106,6 +106,9 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results = method.edit(model, image)
         if jax.process_index() == 0:
             written += edit_io.write_results(output, name, results)
+            summary = method.edit_summary()
+            if summary is not None:
+                written.append(edit_io.write_summary(output, name, summary))
         progress(done)
     logging.info("Edited %d of %d images with step %d into %s; %d unreadable file(s) skipped",
                  len(inputs) - len(skipped), len(inputs), step, output, len(skipped))
