@@ -1,6 +1,6 @@
 """The Diff-Plugin method (configs/plugin.py:tiny) on a tiny ldm export and a tiny random CLIP tower: overfitting
 one batch moves only the plugin (the frozen U-Net, autoencoder, context and CLIP get no update) and beats the
-frozen model's loss; a run writes the restoration table (set = task, arms input / frozen / plugin, PSNR and
+frozen model's loss; on a Stable Diffusion pipeline base it reads the VAE's latents; a run writes the restoration table (set = task, arms input / frozen / plugin, PSNR and
 SSIM) and grid; `--mode=edit` writes the plugin's, the frozen model's and the input's picture; the export's
 PyTorch prediction (transformers CLIP, TorchTaskPlugin, diffusers U-Net) reproduces the JAX one; chaining runs
 the first plugin with the full step count and the later ones with the configured few; bad bases and CLIP
@@ -122,6 +122,25 @@ def test_edit_writes_each_arm_and_the_export_reproduces_the_prediction_in_pytorc
         exported = json.load(f)
     print(f"plugin export: PyTorch plugin prediction vs JAX, max abs error {exported['torch_max_abs_error']:.2e}")
     assert exported["task"] == "derain" and exported["torch_max_abs_error"] < 1e-4
+
+
+def test_a_stable_diffusion_base_gives_the_plugin_its_vae_latents_and_the_export_reproduces_it(clip, tmp_path):
+    from sd_testing import write_sd_pipeline
+
+    root = tmp_path / "sd"
+    write_sd_pipeline(root, get_config("tiny").diffusion)
+    method = PluginMethod(tiny(str(root), clip))
+    model = initial_model(method)
+    batch = {k: jnp.asarray(v) for k, v in next(method.train_batches(start_step=0, process_index=0,
+                                                                     process_count=1)).items()}
+    loss, _ = nnx.jit(lambda m, b: method.loss(m, b, jax.random.key(0)))(model, batch)
+    assert model.encode(batch["source"]).shape == (4, 8, 8, 4) and np.isfinite(float(loss))  # SD's 4-channel latents
+    for i, conv in enumerate(model.plugins["derain"].spatial.zero_convs):
+        conv.kernel.set_value(0.1 * jax.random.normal(jax.random.key(i), conv.kernel[...].shape))
+    with open(method.export(model, str(tmp_path / "export"))[-1]) as f:
+        error = json.load(f)["torch_max_abs_error"]
+    print(f"plugin on a tiny StableDiffusionPipeline: export vs JAX prediction, max abs error {error:.2e}")
+    assert error < 1e-4
 
 
 def test_a_chain_runs_the_first_plugin_with_the_full_steps_and_the_later_ones_with_few(monkeypatch):

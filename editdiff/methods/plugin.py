@@ -27,7 +27,7 @@ Batch fields: `image` (B, H, W, 3) the clean target, `source` (B, H, W, 3) the d
 (`input_pipeline.captions.ImageBatches` with the task's degradation, or a paired-folder source).
 
 Evaluator `restoration` (`config.evals.NAME.kind`): on `num_images` held-out examples of the task (degraded
-as in training, each with its own fixed seed), set = the task, arms `input` (the degraded image returned
+as in training, each with its own fixed seed), set = the task ("TASK @ strength S" for a partial start), arms `input` (the degraded image returned
 unchanged: the do-nothing answer), `frozen` (the frozen U-Net with the base's context, same sampler, start and
 noise) and `plugin`; PSNR and SSIM on [0, 1] images against the clean photo. Grid `WORKDIR/NAME/step_N.png`:
 degraded, frozen, plugin, clean.
@@ -239,10 +239,10 @@ def restore(model: PluginModel, schedule, sampler_config: ml_collections.ConfigD
     if task is None:
         model_fn = model.frozen_prediction
     else:
-        tokens = model.clip_tokens(images)
-        model_fn = functools.partial(
-            lambda z, t, tokens, condition: model.plugin_prediction(task, z, t, tokens, condition),
-            tokens=tokens, condition=condition)
+        tokens = model.clip_tokens(images)  # the prompt reads the input once; every step reuses it
+
+        def model_fn(z, t):
+            return model.plugin_prediction(task, z, t, tokens, condition)
     settings = sampler_settings(sampler_config)
     if num_steps is not None:
         settings["num_steps"] = num_steps
@@ -254,12 +254,13 @@ def restore(model: PluginModel, schedule, sampler_config: ml_collections.ConfigD
 
 
 def run_chain(model: PluginModel, schedule, sampler_config: ml_collections.ConfigDict, images: jax.Array,
-              key: jax.Array, tasks: Sequence[str], starts: Sequence[str], *, later_steps: int) -> jax.Array:
+              key: jax.Array, tasks: Sequence[str], starts: Sequence[str], *, later_steps: int,
+              strength: float = 1.0) -> jax.Array:
     """The plugins `tasks` in sequence on (B, H, W, 3) images: the first with the sampler's full step count,
     each later one (on the previous output) with `later_steps` (the authors' 3), each from its own start."""
     for i, (task, start) in enumerate(zip(tasks, starts)):
         images = restore(model, schedule, sampler_config, images, jax.random.fold_in(key, i), task=task, start=start,
-                         num_steps=None if i == 0 else later_steps)
+                         strength=strength, num_steps=None if i == 0 else later_steps)
     return images
 
 
@@ -456,7 +457,9 @@ class RestorationEvaluator(Evaluator):
                    for i, (count, chunk) in enumerate(chunks(self.degraded, self.settings.batch_size))]
         arms = {"input": self.degraded, **{arm: np.concatenate([np.asarray(by_arm[arm])[:count] for count, by_arm in results])
                                            for arm in ("frozen", "plugin")}}
-        scores = {self.method.task: {arm: restoration_scores(images, self.clean) for arm, images in arms.items()}}
+        strength = self.method.config.plugin.strength  # a partial start is another experiment: its own set
+        set_name = self.method.task + ("" if strength == 1.0 else f" @ strength {strength:g}")
+        scores = {set_name: {arm: restoration_scores(images, self.clean) for arm, images in arms.items()}}
         write_scores(workdir, step, scores, higher_is_better=RESTORATION_HIGHER_IS_BETTER, writer=writer)
         n = self.settings.grid_images
         if n:

@@ -310,7 +310,7 @@ class SelectorMethod(Method):
     def _chain(self, model: SelectorModel, images: jax.Array, tasks: Sequence[str], key: jax.Array) -> jax.Array:
         return plugin_lib.run_chain(model, self.schedule, self.config.sampler, images, key, tasks,
                                     [start_for(self.config, task) for task in tasks],
-                                    later_steps=self.config.selector.later_steps)
+                                    later_steps=self.config.selector.later_steps, strength=self.config.plugin.strength)
 
     def chosen_plugins(self, model: SelectorModel, instruction: str, image: np.ndarray
                        ) -> tuple[list[tuple[str, float]], dict[str, float]]:
