@@ -32,6 +32,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import timing  # noqa: E402
 from input_pipeline import effects  # noqa: E402
 from input_pipeline.config import TASKS, default_data_config, validate_data_config  # noqa: E402
 from input_pipeline.pipeline import create_train_iterator, example_fn  # noqa: E402
@@ -118,12 +119,9 @@ def main() -> None:
     parser.add_argument("--monte_carlo_samples", type=int, default=None, help="film grain; default: the config's")
     parser.add_argument("--consumption", default="", help="training consumption, e.g. 64=12.5,256=1.1 (examples/s)")
     parser.add_argument("--grain", action="store_true", help="compare the film grain renderers instead")
+    timing.add_load_flag(parser)
     args = parser.parse_args()
-    load = os.getloadavg()
-    print(f"load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
-    if load[0] > 1.0:
-        print(f"WARNING: LOAD AVERAGE {load[0]:.2f} > 1.0: OTHER WORK SHARES THE CPU, THE RATES BELOW ARE LOW AND "
-              "NOISY; RE-RUN ON AN IDLE MACHINE FOR REFERENCE FIGURES", flush=True)
+    timing.check_load("at start", args.max_load)
     crops = [int(c) for c in args.crops.split(",")]
     if args.grain:
         grain_comparison(crops, args.batches, args.batch_size)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from benchmarks import timing
 from editdiff.interop.name_map import flax_params, load_state_dict
 from editdiff.tracing import abstract_module
 from eval import metrics
@@ -49,7 +50,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--weights", default=None, help="folder with torchvision's alexnet / vgg16 files")
+    timing.add_load_flag(parser)
     args = parser.parse_args()
+    timing.check_load("at start", args.max_load)
     rng = np.random.default_rng(0)
     shape = (args.batch, args.size, args.size, 3)
     a = jax.device_put(rng.uniform(-1, 1, shape).astype(np.float32))

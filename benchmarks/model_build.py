@@ -9,12 +9,12 @@ the load average printed first (run it on an idle machine).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 from flax import nnx
 
+from benchmarks import timing
 from benchmarks.unet import CONFIGS
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
 from editdiff.tracing import abstract_module
@@ -24,8 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="sd15")
     parser.add_argument("--repeats", type=int, default=3)
+    timing.add_load_flag(parser)
     args = parser.parse_args()
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    timing.check_load("at start", args.max_load)
     config = UNetConfig.from_diffusers(CONFIGS[args.config][0])
     build = lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0))  # noqa: E731
     ways = {"nnx.eval_shape": nnx.eval_shape, "abstract_module": abstract_module}

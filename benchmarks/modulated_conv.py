@@ -16,7 +16,6 @@ Memory figures come from the compiler and do not depend on the machine's load; t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -26,6 +25,8 @@ import numpy as np
 from jax import lax
 
 from editdiff.nn.modulated_conv import materialised_modulated_conv2d, modulated_conv2d
+
+from benchmarks import timing
 
 CASES = {
     # name: (batch, height = width, channels in = out); SD-1.5 at 512 px: up_blocks[0..1] and up_blocks[3].
@@ -82,22 +83,14 @@ def median_seconds(compiled, args: tuple, repeats: int) -> float:
     return statistics.median(times)
 
 
-def report_load(when: str) -> float:
-    load = os.getloadavg()[0]
-    print(f"load average ({when}): {load:.2f}")
-    if load > 1.0:
-        print(f"WARNING: load average {load:.2f} > 1.0: other jobs share the CPU, the times below are inflated "
-              "(memory figures are not affected)")
-    return load
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
+    timing.add_load_flag(parser)
     args = parser.parse_args()
 
-    report_load("start")
+    timing.check_load("at start", args.max_load)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, float32, 3x3 conv, stride 1, SAME")
     header = (f"{'case':<22} {'method':<13} {'fwd peak MiB':>12} {'kept MiB':>9} {'fwd s':>8} "
               f"{'fwd+bwd peak MiB':>16} {'fwd+bwd s':>10}")
@@ -114,7 +107,7 @@ def main():
                   f"{median_seconds(forward, forward_args, args.repeats):>8.3f} {peak_mib(backward):>16.1f} "
                   f"{median_seconds(backward, (*forward_args, tensors['cotangent']), args.repeats):>10.3f}",
                   flush=True)
-    report_load("end")
+    timing.check_load("at the end", float("inf"))
 
 
 if __name__ == "__main__":

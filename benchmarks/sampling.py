@@ -2,9 +2,11 @@
 
 Both sides run the same tiny SD-style U-Net (random PyTorch weights, saved and loaded through our interop) on
 the same latents and text context, on this machine's default JAX backend and PyTorch's CPU. JAX times exclude
-compilation (printed apart) and are the median of --repeats runs after a warm-up; the PyTorch loop is
-diffusers' own: `scheduler.step(unet(x, t, context).sample, t, x)` under `torch.inference_mode()`. The last
-column checks that both produced the same final latent. Goal (issue 4): JAX / PyTorch <= 0.7.
+compilation (printed apart); both sides are the median (min-max) of --repeats runs after a warm-up, JAX and
+PyTorch interleaved (A B A B ...); the load average is printed before and after, and a load above --max_load
+refuses to time (benchmarks/timing.py). The PyTorch loop is diffusers' own:
+`scheduler.step(unet(x, t, context).sample, t, x)` under `torch.inference_mode()`. The last column checks that
+both produced the same final latent. Goal (issue 15): JAX / PyTorch <= 0.7.
 
     python -m benchmarks.sampling                  # DDIM 50 and UniPC 20, batch 2, 32x32 latents
     python -m benchmarks.sampling --batch 4 --size 16 --repeats 5
@@ -12,7 +14,6 @@ column checks that both produced the same final latent. Goal (issue 4): JAX / Py
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
@@ -25,6 +26,8 @@ from flax import nnx
 
 from editdiff.diffusion import ddim_sample, make_schedule, unipc_sample
 from editdiff.interop.diffusers_unet import load_unet
+
+from benchmarks import timing
 
 # A small SD-1.x-shaped U-Net: two resolutions, cross-attention in the first, a cross-attention mid block.
 TINY_UNET = dict(
@@ -57,16 +60,8 @@ def build_unets(directory: str):
     return torch_unet, load_unet(directory)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def time_jax(flax_unet, sampler, kwargs, num_steps, x_T, context, repeats):
+def jax_sampler(flax_unet, sampler, kwargs, num_steps, x_T, context):
+    """(run, compile seconds, final latent): the compiled sampler on (x_T, context), blocking."""
     graphdef, state = nnx.split(flax_unet)
     schedule = make_schedule(**SD_SCHEDULE)
 
@@ -79,11 +74,12 @@ def time_jax(flax_unet, sampler, kwargs, num_steps, x_T, context, repeats):
     compiled = sample.lower(state, x_T, context).compile()
     compile_seconds = time.perf_counter() - start
     result = compiled(state, x_T, context).block_until_ready()
-    seconds = median_seconds(lambda: compiled(state, x_T, context).block_until_ready(), repeats)
-    return seconds, compile_seconds, np.asarray(result)
+    return lambda: compiled(state, x_T, context).block_until_ready(), compile_seconds, np.asarray(result)
 
 
-def time_torch(torch_unet, scheduler, num_steps, x_T, context, repeats):
+def torch_sampler(torch_unet, scheduler, num_steps, x_T, context):
+    """(run, final latent): diffusers' loop on (x_T, context)."""
+
     def sample():
         scheduler.set_timesteps(num_steps)
         x = x_T
@@ -92,8 +88,7 @@ def time_torch(torch_unet, scheduler, num_steps, x_T, context, repeats):
                 x = scheduler.step(torch_unet(x, t, encoder_hidden_states=context).sample, t, x).prev_sample
         return x
 
-    result = sample()
-    return median_seconds(sample, repeats), result.numpy()
+    return sample, sample().numpy()
 
 
 def main():
@@ -101,7 +96,9 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=32, help="latent height = width")
     parser.add_argument("--repeats", type=int, default=3)
+    timing.add_load_flag(parser)
     args = parser.parse_args()
+    timing.check_load("at start", args.max_load)
 
     rng = np.random.default_rng(0)
     x_T = rng.standard_normal((args.batch, args.size, args.size, 4)).astype(np.float32)
@@ -109,22 +106,22 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         torch_unet, flax_unet = build_unets(directory)
 
-    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} | PyTorch {torch.__version__} on CPU, "
-          f"{torch.get_num_threads()} threads | batch {args.batch}, latents {args.size}x{args.size}x4, "
-          f"median of {args.repeats}")
-    print(f"{'sampler':<8} {'steps':>5} {'JAX s':>8} {'compile s':>10} {'PyTorch s':>10} {'JAX/PyTorch':>12} "
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} | PyTorch {torch.__version__} on CPU | "
+          f"{timing.thread_counts()} | batch {args.batch}, latents {args.size}x{args.size}x4, median (min-max) of "
+          f"{args.repeats}, interleaved")
+    print(f"{'sampler':<8} {'steps':>5} {'JAX s':>20} {'compile s':>10} {'PyTorch s':>20} {'JAX/PyTorch':>12} "
           f"{'max |diff|':>11}")
     for name, (sampler, kwargs, scheduler, num_steps) in SAMPLERS.items():
-        jax_seconds, compile_seconds, ours = time_jax(
-            flax_unet, sampler, kwargs, num_steps, jnp.asarray(x_T), jnp.asarray(context), args.repeats
-        )
-        torch_seconds, theirs = time_torch(
-            torch_unet, scheduler, num_steps, torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy()),
-            torch.from_numpy(context), args.repeats,
-        )
+        jax_run, compile_seconds, ours = jax_sampler(flax_unet, sampler, kwargs, num_steps, jnp.asarray(x_T),
+                                                     jnp.asarray(context))
+        torch_run, theirs = torch_sampler(torch_unet, scheduler, num_steps,
+                                          torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy()), torch.from_numpy(context))
+        seconds = timing.interleaved({"jax": jax_run, "pytorch": torch_run}, args.repeats)
         difference = np.abs(ours - theirs.transpose(0, 2, 3, 1)).max()
-        print(f"{name:<8} {num_steps:>5} {jax_seconds:>8.3f} {compile_seconds:>10.2f} {torch_seconds:>10.3f} "
-              f"{jax_seconds / torch_seconds:>12.2f} {difference:>11.2e}")
+        ratio = timing.median(seconds["jax"]) / timing.median(seconds["pytorch"])
+        print(f"{name:<8} {num_steps:>5} {timing.spread(seconds['jax']):>20} {compile_seconds:>10.2f} "
+              f"{timing.spread(seconds['pytorch']):>20} {ratio:>12.2f} {difference:>11.2e}")
+    timing.check_load("at the end", float("inf"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import timing
+
 _LOG_LINE = re.compile(r"^I(\d{4}) (\d\d):(\d\d):(\d\d\.\d+) .*\] \[(\d+)\] ")
 
 
@@ -66,13 +68,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--log_every", type=int, default=25)
     parser.add_argument("--skip", type=int, default=50, help="steps left out at the start (warm-up)")
+    timing.add_load_flag(parser)
     args, extra = parser.parse_known_args()
+    timing.check_load("at start", args.max_load)
     extra = [a for a in extra if a != "--"]
     rates: dict[str, list[float]] = {tree: [] for tree in args.tree}
     for round_index in range(args.rounds):
         for tree in args.tree:
             print(f"{datetime.datetime.now():%H:%M:%S} round {round_index + 1} {tree}: load average "
-                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+                  f"{timing.load_average()}", flush=True)
             rates[tree].append(steps_per_second(run_once(tree, args.steps, args.log_every, extra), args.skip))
             print(f"  {rates[tree][-1]:.3f} steps/s", flush=True)
     print(f"\nsteps {args.skip}..{args.steps}, {' '.join(extra)}\n")

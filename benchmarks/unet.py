@@ -3,9 +3,12 @@ PyTorch UNet2DConditionModel with torch.optim.Adam, same config, same weights, s
 
 Loss: mean squared error of the predicted noise. JAX: `jax.jit` of a pure step on `nnx.split` state with the
 parameters and optimiser state donated; compile time (lower + compile) printed apart; FLOPs per step from XLA's
-cost analysis of the compiled step. Step times are medians of --steps steps after one warm-up step. MFU is
-printed when --peak_tflops (the device's dense peak for --dtype) is given. Goal (issue 2), on CPU: JAX step
-time <= 0.8x PyTorch's.
+cost analysis of the compiled step. Step times are the median (min-max) of --steps steps after one warm-up step,
+JAX and PyTorch steps interleaved (A B A B ...) where both models' Adam states fit in host memory together
+(the tiny config; SD-1.5 size runs PyTorch's steps, frees them, then JAX's). The load average is printed before
+and after, and a load above --max_load refuses to time (benchmarks/timing.py). MFU is printed when
+--peak_tflops (the device's dense peak for --dtype) is given. Goal (issue 15), on CPU: JAX step time <= 0.7x
+PyTorch's at the tiny config, <= 0.6x at SD-1.5 size.
 
     python -m benchmarks.unet                                  # tiny config, 16x16 latent, batch 2
     python -m benchmarks.unet --config sd15 --steps 3          # SD-1.5 size, 32x32 latent, batch 1 (slow on CPU)
@@ -16,7 +19,6 @@ time <= 0.8x PyTorch's.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import diffusers
@@ -32,6 +34,8 @@ from editdiff.interop.name_map import load_state_dict
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
 from editdiff.tracing import abstract_module
 
+from benchmarks import timing
+
 CONFIGS = {
     # (diffusers config, default latent size, default batch, text context length)
     "tiny": (dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
@@ -44,16 +48,6 @@ CONFIGS = {
 LEARNING_RATE = 1e-4
 
 
-def median_seconds(step, steps: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def make_batch(config: dict, latent: int, batch: int, context_length: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return dict(sample=rng.standard_normal((batch, latent, latent, 4)).astype(np.float32),
@@ -62,7 +56,8 @@ def make_batch(config: dict, latent: int, batch: int, context_length: int, seed:
                 context=rng.standard_normal((batch, context_length, config["cross_attention_dim"])).astype(np.float32))
 
 
-def time_torch(torch_unet: torch.nn.Module, batch: dict, steps: int) -> float:
+def torch_step(torch_unet: torch.nn.Module, batch: dict):
+    """(step, release): one PyTorch forward + backward + Adam step, and a function freeing its Adam moments."""
     torch_unet.train()
     optimizer = torch.optim.Adam(torch_unet.parameters(), lr=LEARNING_RATE)
     sample = torch.from_numpy(batch["sample"].transpose(0, 3, 1, 2).copy())
@@ -75,10 +70,11 @@ def time_torch(torch_unet: torch.nn.Module, batch: dict, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    seconds = median_seconds(step, steps)
-    optimizer.zero_grad(set_to_none=True)
-    del optimizer  # frees the Adam moments before the JAX side allocates its own
-    return seconds
+    def release():
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.state.clear()
+
+    return step, release
 
 
 def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: str | None
@@ -91,8 +87,8 @@ def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: 
     return model
 
 
-def time_jax(model: UNet2DConditionModel, batch: dict, steps: int) -> tuple[float, float, float]:
-    """(compile seconds, step seconds, FLOPs per step) of a jitted forward + backward + Adam step."""
+def jax_step(model: UNet2DConditionModel, batch: dict):
+    """(compile seconds, step, FLOPs per step) of a jitted forward + backward + Adam step."""
     graphdef, params = nnx.split(model, nnx.Param)
     optimizer = optax.adam(LEARNING_RATE)
 
@@ -117,7 +113,7 @@ def time_jax(model: UNet2DConditionModel, batch: dict, steps: int) -> tuple[floa
         state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], batch)
         loss.block_until_ready()
 
-    return compile_seconds, median_seconds(step, steps), flops
+    return compile_seconds, step, flops
 
 
 def main():
@@ -130,27 +126,47 @@ def main():
     parser.add_argument("--peak_tflops", type=float, help="device dense peak TFLOP/s for --dtype, for MFU")
     parser.add_argument("--attention", choices=["xla", "cudnn"], help="dot_product_attention implementation")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch side (e.g. on a GPU machine)")
+    timing.add_load_flag(parser)
     args = parser.parse_args()
 
+    timing.check_load("at start", args.max_load)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({args.dtype}) | PyTorch {torch.__version__} "
-          f"on CPU, {torch.get_num_threads()} threads (float32)")
-    print(f"{'config':<6} {'latent':>6} {'batch':>5} {'JAX compile s':>13} {'JAX step s':>10} {'PyTorch step s':>14} "
-          f"{'JAX/PyTorch':>11} {'GFLOP/step':>10} {'TFLOP/s':>8} {'img/s':>7} {'MFU':>6}")
+          f"on CPU (float32) | {timing.thread_counts()}")
+    print(f"{'config':<6} {'latent':>6} {'batch':>5} {'JAX compile s':>13} {'JAX step s':>20} {'PyTorch step s':>20} "
+          f"{'JAX/PyTorch':>11} {'GFLOP/step':>10} {'TFLOP/s':>8} {'img/s':>7} {'MFU':>6} {'timing':>12}")
     for name in CONFIGS if args.config == "all" else [args.config]:
         config, latent, batch_size, context_length = CONFIGS[name]
         latent, batch_size = args.latent or latent, args.batch or batch_size
         batch = make_batch(config, latent, batch_size, context_length)
         torch.manual_seed(0)
         torch_unet = diffusers.UNet2DConditionModel(**config)
-        torch_seconds = float("nan") if args.no_torch else time_torch(torch_unet, batch, args.steps)
+        # Both Adam states together do not fit a 24 GiB host at SD-1.5 size: PyTorch's steps run first, and
+        # its model and moments are freed before the JAX side allocates its own.
+        together = name != "sd15" and not args.no_torch
+        seconds = {"pytorch": [float("nan")]}
+        if not args.no_torch and not together:
+            step, release = torch_step(torch_unet, batch)
+            seconds = timing.interleaved({"pytorch": step}, args.steps)
+            release()
         model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype), args.attention)
-        del torch_unet
-        compile_seconds, jax_seconds, flops = time_jax(model, batch, args.steps)
+        if not together:
+            del torch_unet
+        compile_seconds, step, flops = jax_step(model, batch)
+        if together:
+            torch_timed, release = torch_step(torch_unet, batch)
+            seconds = timing.interleaved({"jax": step, "pytorch": torch_timed}, args.steps)
+            release()
+            del torch_unet
+        else:
+            seconds |= timing.interleaved({"jax": step}, args.steps)
+        jax_seconds, torch_seconds = timing.median(seconds["jax"]), timing.median(seconds["pytorch"])
         tflops = flops / jax_seconds / 1e12
         mfu = f"{tflops / args.peak_tflops:6.1%}" if args.peak_tflops else f"{'-':>6}"
-        print(f"{name:<6} {latent:>6} {batch_size:>5} {compile_seconds:>13.1f} {jax_seconds:>10.3f} "
-              f"{torch_seconds:>14.3f} {jax_seconds / torch_seconds:>11.2f} {flops / 1e9:>10.1f} {tflops:>8.3f} "
-              f"{batch_size / jax_seconds:>7.2f} {mfu}")
+        torch_spread = timing.spread(seconds["pytorch"]) if not args.no_torch else "-"
+        print(f"{name:<6} {latent:>6} {batch_size:>5} {compile_seconds:>13.1f} {timing.spread(seconds['jax']):>20} "
+              f"{torch_spread:>20} {jax_seconds / torch_seconds:>11.2f} {flops / 1e9:>10.1f} {tflops:>8.3f} "
+              f"{batch_size / jax_seconds:>7.2f} {mfu} {'interleaved' if together else 'sequential':>12}")
+    timing.check_load("at the end", float("inf"))
 
 
 if __name__ == "__main__":

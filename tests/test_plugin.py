@@ -72,11 +72,11 @@ def test_overfitting_a_batch_moves_only_the_plugin_and_beats_the_frozen_model(ba
 
     # The zero convs make the fresh plugin's residuals 0: its first loss is the frozen U-Net's with the prompt.
     opt_state, losses = optimizer.init(params), []
-    for _ in range(40):
+    for _ in range(30):
         params, opt_state, loss = step(params, opt_state)
         losses.append(float(loss))
-    print(f"plugin overfitting one batch: loss {losses[0]:.4f} -> {losses[-1]:.4f} in 40 Adam steps")
-    assert losses[-1] < 0.7 * losses[0]  # 1.300 -> 0.810 measured (only the first skips and the context move)
+    print(f"plugin overfitting one batch: loss {losses[0]:.4f} -> {losses[-1]:.4f} in 30 Adam steps")
+    assert losses[-1] < 0.75 * losses[0]  # 1.336 -> 0.788 measured (only the first skips and the context move)
     jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.tree.map(np.asarray, rest))
 
 
@@ -113,8 +113,7 @@ def test_edit_writes_each_arm_and_the_export_reproduces_the_prediction_in_pytorc
     assert Image.open(os.path.join(workdir, "edit", "derain", "rainy.png")).size == (32, 24)  # short side 24 (tiny: config.data.resize_short_side)
 
     # A trained plugin's residuals are not zero: move them off zero so the SCB's path is compared too.
-    method = PluginMethod(config)
-    model = initial_model(method)
+    method, model, _ = modes._restored(config, workdir)
     for i, conv in enumerate(model.plugins["derain"].spatial.zero_convs):
         conv.kernel.set_value(0.1 * jax.random.normal(jax.random.key(i), conv.kernel[...].shape))
     written = method.export(model, str(tmp_path / "export"))
@@ -131,10 +130,10 @@ def test_a_stable_diffusion_base_gives_the_plugin_its_vae_latents_and_the_export
     write_sd_pipeline(root, get_config("tiny").diffusion)
     method = PluginMethod(tiny(str(root), clip))
     model = initial_model(method)
-    batch = {k: jnp.asarray(v) for k, v in next(method.train_batches(start_step=0, process_index=0,
-                                                                     process_count=1)).items()}
-    loss, _ = nnx.jit(lambda m, b: method.loss(m, b, jax.random.key(0)))(model, batch)
-    assert model.encode(batch["source"]).shape == (4, 8, 8, 4) and np.isfinite(float(loss))  # SD's 4-channel latents
+    source = next(method.train_batches(start_step=0, process_index=0, process_count=1))["source"]
+    condition = nnx.jit(lambda m, x: m.encode(x))(model, jnp.asarray(source))
+    assert condition.shape == (4, 8, 8, 4) and np.isfinite(np.asarray(condition)).all()  # SD's 4-channel latents
+    assert model.null_context[...].shape == (1, 24, 32)  # the empty prompt's encoding (tests/sd_testing.py)
     for i, conv in enumerate(model.plugins["derain"].spatial.zero_convs):
         conv.kernel.set_value(0.1 * jax.random.normal(jax.random.key(i), conv.kernel[...].shape))
     with open(method.export(model, str(tmp_path / "export"))[-1]) as f:
@@ -180,9 +179,9 @@ def test_bad_bases_and_clip_directories_are_clear_errors(base, clip, tmp_path):
 
 @pytest.fixture(scope="module")
 def desnow_run(base, clip, tmp_path_factory):
-    """A second plugin run (desnow), trained two steps without evaluation."""
+    """A second plugin run (desnow), trained one step without evaluation."""
     config = tiny(base, clip, "tiny,desnow")
-    config.evals = {}
+    config.evals, config.train.num_steps = {}, 1
     workdir = str(tmp_path_factory.mktemp("plugin_desnow"))
     train_and_evaluate(config, workdir)
     return workdir
@@ -201,10 +200,10 @@ def test_the_selector_trains_over_frozen_plugins_writes_its_table_and_edits_by_i
     from editdiff.methods.plugin_selector import SelectorMethod, selection_scores
 
     config = selector_config(base, clip, {"derain": run[1], "desnow": desnow_run})
-    config.train.num_steps = config.train.checkpoint_every = 30
+    config.train.num_steps = config.train.checkpoint_every = 20
     workdir = str(tmp_path / "selector")
     train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, "eval", "step_0000030.json")) as f:
+    with open(os.path.join(workdir, "eval", "step_0000020.json")) as f:
         scores = json.load(f)["scores"]
     assert set(scores) == {"held-out phrasings", "training phrasings"}
     for by_arm in scores.values():
