@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -22,7 +23,7 @@ from editdiff.train.checkpoint import Checkpointer, CheckpointRestoreError
 from editdiff.train.hooks import PeriodicHooks
 from editdiff.train.loop import NonFiniteLossError, TrainOutcome, train_and_evaluate
 from editdiff.train.optimizer import create_optimizer
-from editdiff.train.state import init_train_state, split_model
+from editdiff.train.state import TrainState, init_train_state, split_model
 from editdiff.train.workdir_lock import LOCK_NAME, WorkdirLockedError
 from tiny_method import NUM_STEPS, TinyRegression, tiny_config
 
@@ -409,6 +410,7 @@ CACHED_RUN = """
 import sys
 sys.path.insert(0, {tests_dir!r})
 import jax
+import jax.numpy as jnp
 from editdiff.train.loop import train_and_evaluate
 from tiny_method import TinyRegression, tiny_config
 
@@ -433,3 +435,28 @@ def test_a_second_run_of_the_same_config_reads_its_programs_from_the_compilation
         hits.append(int(output.stdout.strip().splitlines()[-1].split()[-1]))
     assert os.listdir(tmp_path / "cache")
     assert hits[0] == 0 and hits[1] >= 1  # at least the train step came from the cache
+
+
+def test_a_reader_of_a_live_run_lists_again_when_the_run_prunes_its_checkpoint_meanwhile(tmp_path, monkeypatch):
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    weights = lambda k: {"w": jnp.full((3,), float(k))}  # noqa: E731
+    state = lambda k: TrainState(step=jnp.asarray(k), params=weights(k), opt_state=(), ema_params=weights(k),  # noqa: E731
+                                 model_state={})
+    writer = Checkpointer(str(tmp_path), keep=1, async_save=False)
+    writer.save(2, state(2))
+    writer.wait_until_finished()
+    reader = Checkpointer(str(tmp_path), read_only=True)
+    assert reader.all_steps() == [2]
+    read = reader.restore
+
+    def run_moves_on_before_the_read(step, abstract):
+        if step == 2 and os.path.isdir(tmp_path / "checkpoints" / "2"):
+            writer.save(4, state(4))  # keep=1: step 2 is deleted, as a live run with keep_checkpoints does
+            writer.wait_until_finished()
+        return read(step, abstract)
+
+    monkeypatch.setattr(reader, "restore", run_moves_on_before_the_read)
+    abstract = {"ema_params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=sharding)}}
+    step, parts = reader.restore_latest(abstract)
+    assert step == 4 and float(parts["ema_params"]["w"][0]) == 4.0
+    writer.close()

@@ -93,6 +93,10 @@ def shape_differences(stored: Any, requested: Any) -> list[str]:
     return lines
 
 
+# How often a read-only restore lists the steps again when every listed one vanished under a live run.
+RELISTINGS = 3
+
+
 class Checkpointer:
     """The run's Orbax CheckpointManager plus restore-with-fallback."""
 
@@ -177,32 +181,42 @@ class Checkpointer:
         Each unreadable checkpoint is logged as an error and the previous one tried (with `step` given, the
         error is raised). A writable Checkpointer moves newer unreadable ones to the quarantine directory once
         an older one restores. A CheckpointMismatchError propagates at once: a checkpoint that does not fit
-        is the config's problem, not damage.
+        is the config's problem, not damage. A read-only reader (eval, export, edit of a live run) whose listed
+        steps all vanished lists again (RELISTINGS times): the run saved and pruned meanwhile.
         """
         if step is not None:
             if step not in self.all_steps():
                 raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory}; "
                                         f"there are: {self.all_steps() or 'none'}")
             return step, self.restore(step, abstract)
-        failures = []
-        for candidate in reversed(self.all_steps()):
-            try:
-                parts = self.restore(candidate, abstract)
-            except CheckpointMismatchError:
-                raise
-            except Exception as error:  # noqa: BLE001 -- any failure to read means: try the previous one
-                logging.error(
-                    "CHECKPOINT AT STEP %d IN %s CANNOT BE READ (%s: %s); falling back to the previous one.",
-                    candidate, self.directory, type(error).__name__, str(error).splitlines()[0][:300],
-                )
-                failures.append((candidate, f"step {candidate}: {type(error).__name__}: "
-                                            f"{str(error).splitlines()[0][:300]}"))
-                continue
-            if not self.read_only:
-                for failed_step, _ in failures:
-                    self._quarantine(failed_step)
-            logging.info("Restored checkpoint at step %d from %s", candidate, self.directory)
-            return candidate, parts
+        for _ in range(RELISTINGS):
+            listed = self.all_steps()
+            failures = []
+            for candidate in reversed(listed):
+                try:
+                    parts = self.restore(candidate, abstract)
+                except CheckpointMismatchError:
+                    raise
+                except Exception as error:  # noqa: BLE001 -- any failure to read means: try the previous one
+                    logging.error(
+                        "CHECKPOINT AT STEP %d IN %s CANNOT BE READ (%s: %s); falling back to the previous one.",
+                        candidate, self.directory, type(error).__name__, str(error).splitlines()[0][:300],
+                    )
+                    failures.append((candidate, f"step {candidate}: {type(error).__name__}: "
+                                                f"{str(error).splitlines()[0][:300]}"))
+                    continue
+                if not self.read_only:
+                    for failed_step, _ in failures:
+                        self._quarantine(failed_step)
+                logging.info("Restored checkpoint at step %d from %s", candidate, self.directory)
+                return candidate, parts
+            if not failures or not self.read_only:
+                break
+            # A read-only reader of a live run: the run may have saved a newer checkpoint and pruned the listed
+            # ones (keep_checkpoints) between the listing and the read. List again; an unchanged listing is damage.
+            self._manager.reload()
+            if self.all_steps() == listed:
+                break
         if failures:
             raise CheckpointRestoreError(
                 f"No checkpoint in {self.directory} could be read; refusing to start from scratch over them.\n  "
