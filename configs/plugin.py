@@ -51,7 +51,7 @@ derain). Tasks: desnow, dehaze, deblur, derain, lowlight, face, demoire, highlig
   demo,selector — the Plugin-Selector over the three demo plugins (runs/plugin_derain, _desnow, _lowlight, each
       loaded frozen through config.frozen_from): its heads (Dense 128 -> 128 over each plugin's max-pooled prompt,
       Dense 64 -> 128 over the instruction's pooled CLIP text embedding, the logit scale) trained with eq. 6's
-      contrastive loss, 7 negatives, on the training phrasings of input_pipeline/instructions.py (8 per task; 2
+      contrastive loss, 7 negatives, on the training phrasings of input_pipeline/instructions.py (8 of the 10 per task; 2
       held out); AdamW lr 1e-3 constant (our choice: the authors never released this training), batch 8, 300
       steps. The random stand-in CLIP holds the text tower too, so the instructions' embeddings are random but
       fixed functions of their bytes: held-out phrasings measure nothing semantic here.
