@@ -21,9 +21,10 @@ derain). Tasks: desnow, dehaze, deblur, derain, lowlight, face, demoire, highlig
       Expect `runs/plugin_TASK/eval/step_0000600.md`: set TASK (8 held-out crops of the two held-out photos,
       degraded with fixed seeds), arms input (the degraded crop returned unchanged), frozen (the base without a
       plugin, same sampler and start) and plugin, PSNR and SSIM; `runs/plugin_TASK/restoration/step_N.png`
-      (degraded, frozen, plugin, clean). Measured 2026-12-01 on the 2-core machine (derain and desnow while
-      tests ran on the other core; lowlight alone): training 7 min 50 s / 7 min 15 s / 6 min 27 s wall (~2
-      steps/s idle; loss 0.084 at step 50 -> 0.032 / 0.033 / 0.036 at 600). PSNR / SSIM on the 8 held-out crops:
+      (degraded, frozen, plugin, clean). Measured 2026-12-01 on the 2-core machine: lowlight, trained with
+      nothing else running, 6 min 27 s wall (~2 steps/s; derain and desnow shared the machine with tests, so
+      their times are not quoted); loss 0.084 at step 50 -> 0.032 / 0.033 / 0.036 at 600 (derain / desnow /
+      lowlight). PSNR / SSIM on the 8 held-out crops:
 
                     input            frozen          plugin
         derain      21.10 / 0.815     8.80 / 0.052    16.15 / 0.574
@@ -101,7 +102,7 @@ from editdiff.methods.plugin import (TASKS, default_edit_config, default_inferen
                                      default_plugin_config, plugin_diffusion_config, plugin_sampler_config,
                                      restoration_entry)
 from editdiff.pretrained import default_pretrained_config
-from editdiff.train.config import default_train_config
+from editdiff.train.config import default_train_config, frozen_from_entry
 
 DEMO_BASE = "runs/ldm/export"
 DEMO_CLIP = "runs/clip"  # python -m editdiff.interop.random_clip runs/clip: a stand-in (no CLIP weights here)
@@ -165,6 +166,14 @@ def _tiny(task: str) -> ml_collections.ConfigDict:
     return config
 
 
+def plugin_runs(config: ml_collections.ConfigDict, workdirs: dict[str, str]) -> None:
+    """Sets config.selector.tasks and one config.frozen_from.TASK per plugin run {task: workdir}: the run's
+    plugins.TASK becomes this model's frozen plugins.TASK."""
+    config.selector.tasks = tuple(workdirs)
+    for task, workdir in workdirs.items():
+        config.frozen_from[task] = frozen_from_entry(workdir, source=f"plugins.{task}", target=f"plugins.{task}")
+
+
 def _selector(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
     """The Plugin-Selector over the preset's plugin runs: its heads train alone (AdamW, lr 1e-3 constant, our
     choice: the authors never released theirs), the selection table after the last step."""
@@ -176,10 +185,10 @@ def _selector(config: ml_collections.ConfigDict, preset: str) -> ml_collections.
     t = config.train
     t.learning_rate, t.weight_decay = 1e-3, 1e-2
     if preset == "demo":
-        plugin_selector.plugin_runs(config, {task: f"runs/plugin_{task}" for task in DEMO_TASKS})
+        plugin_runs(config, {task: f"runs/plugin_{task}" for task in DEMO_TASKS})
         t.num_steps, t.checkpoint_every = 300, 300
         config.evals.selection.update(num_images=4, batch_size=8)
-    elif preset == "tiny":  # the test names the plugin runs: plugin_selector.plugin_runs(config, {...})
+    elif preset == "tiny":  # the test names the plugin runs: plugin_runs(config, {...})
         t.learning_rate, t.ema_decay = 1e-2, 0.8  # a few dozen steps must show in the EMA heads the table scores
         config.evals.selection.update(num_images=2, batch_size=2)
     else:

@@ -19,6 +19,7 @@ if _SESSION_CACHE not in os.environ:
     os.environ[_SESSION_CACHE] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="editdiff-tests-")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 from editdiff.train.compilation_cache import AUTO, MIN_COMPILE_SECONDS, cache_directory  # noqa: E402
 
@@ -26,6 +27,28 @@ from editdiff.train.compilation_cache import AUTO, MIN_COMPILE_SECONDS, cache_di
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_compilation_cache_dir", cache_directory(AUTO))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The export of a randomly initialised tiny ldm model (what `--mode=export` writes): the frozen base of the
+    rectifier's and the plugin's tests, built once per test module."""
+    from configs.ldm import get_config
+    from editdiff.methods.ldm import LDMMethod
+    from editdiff.train.build import initial_model
+
+    method = LDMMethod(get_config("tiny"))
+    directory = str(tmp_path_factory.mktemp("ldm_base") / "export")
+    method.export(initial_model(method), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A tiny random CLIPModel directory (editdiff.interop.random_clip) at 32 px: CLIP at 224 px is slow on CPU."""
+    from editdiff.interop.random_clip import write_random_clip
+
+    return write_random_clip(tmp_path_factory.mktemp("clip"), image_size=32)
 
 
 def pytest_unconfigure(config):

@@ -16,30 +16,14 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from configs.ldm import get_config as ldm_config
 from configs.plugin import get_config
 from editdiff.interop.random_clip import write_random_clip
 from editdiff.methods import plugin as plugin_lib
-from editdiff.methods.ldm import LDMMethod
 from editdiff.methods.plugin import PluginMethod
 from editdiff.train import modes
 from editdiff.train.build import initial_model
 from editdiff.train.config import validate_config
 from editdiff.train.loop import train_and_evaluate
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """The export of a randomly initialised tiny ldm model (what `--mode=export` writes): the frozen base."""
-    method = LDMMethod(ldm_config("tiny"))
-    directory = str(tmp_path_factory.mktemp("ldm_base") / "export")
-    method.export(initial_model(method), directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_random_clip(tmp_path_factory.mktemp("clip"), image_size=32)  # CLIP at 224 px: slow on CPU
 
 
 def tiny(base_dir: str, clip_dir: str, arg: str = "tiny"):
@@ -168,6 +152,10 @@ def test_bad_bases_and_clip_directories_are_clear_errors(base, clip, tmp_path):
     with pytest.raises(ValueError, match="config.pretrained.root"):
         validate_config(config, PluginMethod)
     config = tiny(base, clip)
+    config.evals.restoration.num_images = 0
+    with pytest.raises(ValueError, match=r"config.evals.restoration.num_images = 0 is invalid"):
+        validate_config(config, PluginMethod)
+    config = tiny(base, clip)
     config.plugin.task = "sharpen"
     with pytest.raises(ValueError, match="config.plugin.task = 'sharpen' is invalid; allowed: one of 'desnow'"):
         validate_config(config, PluginMethod)
@@ -188,7 +176,7 @@ def desnow_run(base, clip, tmp_path_factory):
 
 
 def selector_config(base, clip, runs: dict):
-    from editdiff.methods.plugin_selector import plugin_runs
+    from configs.plugin import plugin_runs
 
     config = tiny(base, clip, "tiny,selector")
     plugin_runs(config, runs)

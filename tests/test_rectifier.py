@@ -18,30 +18,13 @@ from flax import nnx
 
 from PIL import Image
 
-from configs.ldm import get_config as ldm_config
 from configs.rectifier import get_config
-from editdiff.interop.random_clip import write_random_clip
-from editdiff.methods.ldm import LDMMethod
 from editdiff.methods.rectifier import RectifierMethod
 from editdiff.train import modes
 from editdiff.train.build import initial_model
 from editdiff.train.config import validate_config
 from editdiff.train.loop import train_and_evaluate
 from sd_testing import write_sd_pipeline
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """The export of a randomly initialised tiny ldm model (what `--mode=export` writes): the frozen base."""
-    method = LDMMethod(ldm_config("tiny"))
-    directory = str(tmp_path_factory.mktemp("ldm_base") / "export")
-    method.export(initial_model(method), directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_random_clip(tmp_path_factory.mktemp("clip"), image_size=32)  # CLIP at 224 px: slow on CPU
 
 
 def tiny(base_dir: str, arg: str = "tiny", clip_dir: str = ""):

@@ -163,13 +163,16 @@ def clip_rule(config) -> list[str]:
             "without downloads: python -m editdiff.interop.random_clip DIR writes a random stand-in)"]
 
 
-def _evals_rule(config) -> list[str]:
-    problems = []
-    for name, entry in config.evals.items():
-        kind = entry.get("kind") if isinstance(entry, ml_collections.ConfigDict) else None
-        if kind == "restoration":
-            problems += checks.Section(f"evals.{name}", _RESTORATION_CHECKS).problems(config)
-    return problems
+def evals_rule(kind: str, table: dict[str, checks.Check]):
+    """The rule checking every `config.evals.NAME` of `kind` against `table` (the plugin's and the selector's
+    evaluator settings)."""
+
+    def rule(config) -> list[str]:
+        return [problem for name, entry in config.evals.items()
+                if isinstance(entry, ml_collections.ConfigDict) and entry.get("kind") == kind
+                for problem in checks.Section(f"evals.{name}", table).problems(config)]
+
+    return rule
 
 
 def base_sections(config: ml_collections.ConfigDict) -> list[checks.Section]:
@@ -327,7 +330,7 @@ class PluginMethod(Method):
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
         sections = [checks.Section("plugin", _PLUGIN_CHECKS), *base_sections(config)]
-        rules = [] if any(s.problems(config) for s in sections) else [*base_rules(), _evals_rule]
+        rules = [] if any(s.problems(config) for s in sections) else [*base_rules(), evals_rule("restoration", _RESTORATION_CHECKS)]
         return [*sections, checks.Section("", {}, closed=False, rules=tuple(rules))]
 
     def __init__(self, config: ml_collections.ConfigDict):

@@ -62,8 +62,7 @@ from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.plugin import INFERENCE_CHECKS, TASKS, PluginModel, PluginParts, start_for
 from editdiff.methods.reports import ModelFunction, write_scores
 from editdiff.pretrained import pretrained_path
-from editdiff.train.checkpoint import read_saved_config
-from editdiff.train.config import frozen_from_entry
+from editdiff.workdirs import is_run_workdir, read_saved_config
 from input_pipeline import captions as data
 from input_pipeline import instructions as bank
 from input_pipeline.degradations import degrade
@@ -78,13 +77,6 @@ def default_selector_config(tasks: Sequence[str] = ()) -> ml_collections.ConfigD
     """`config.selector` (module docstring): embed_dim 0 = the U-Net's context width (the authors' 768 -> 768)."""
     return ml_collections.ConfigDict(dict(tasks=tuple(tasks), text_encoder="", embed_dim=0, num_negatives=7,
                                           include_positive=False, threshold=0.0, later_steps=3))
-
-
-def plugin_runs(config: ml_collections.ConfigDict, workdirs: dict[str, str]) -> None:
-    """Sets config.selector.tasks and one config.frozen_from.TASK per plugin run {task: workdir}."""
-    config.selector.tasks = tuple(workdirs)
-    for task, workdir in workdirs.items():
-        config.frozen_from[task] = frozen_from_entry(workdir, source=f"plugins.{task}", target=f"plugins.{task}")
 
 
 def default_edit_config() -> ml_collections.ConfigDict:
@@ -141,14 +133,14 @@ def _plugin_runs_rule(config) -> list[str]:
         entry = config.frozen_from.get(task)
         if entry is None or entry.target != f"plugins.{task}":
             problems.append(f"config.frozen_from.{task} is missing; allowed: an entry loading plugins.{task} from the "
-                            f"{task} plugin run (configs/plugin.py sets it with plugin_runs(config, {{task: workdir}}))")
+                            f"{task} plugin run (configs/plugin.py's plugin_runs(config, {{task: workdir}}) sets it)")
             continue
-        saved = read_saved_config(entry.workdir) if entry.workdir else None
-        if saved is None or not os.path.isdir(os.path.join(entry.workdir, "checkpoints")):
+        if not (entry.workdir and is_run_workdir(entry.workdir)):
             problems.append(f"config.frozen_from.{task}.workdir = {entry.workdir!r} is invalid; allowed: the workdir "
                             f"of a trained {task} plugin run (config.json and checkpoints/: python main.py --config "
                             f"configs/plugin.py:demo,{task} --workdir DIR)")
             continue
+        saved = read_saved_config(entry.workdir)
         if saved.get("method") != "plugin" or saved.get("plugin", {}).get("task") != task:
             problems.append(f"config.frozen_from.{task}.workdir = {entry.workdir!r} is a {saved.get('method')!r} run "
                             f"of task {saved.get('plugin', {}).get('task')!r}; allowed: a 'plugin' run of task {task!r}")
@@ -166,15 +158,6 @@ def _plugin_runs_rule(config) -> list[str]:
             problems.append(f"config.pretrained.image_encoder = {config.pretrained.image_encoder!r} has width "
                             f"{width}; the {task} plugin's prompt branch ({entry.workdir}) reads width {theirs} "
                             f"(its CLIP {clip!r}); allowed: a CLIP vision tower of width {theirs}")
-    return problems
-
-
-def _evals_rule(config) -> list[str]:
-    problems = []
-    for name, entry in config.evals.items():
-        kind = entry.get("kind") if isinstance(entry, ml_collections.ConfigDict) else None
-        if kind == "selection":
-            problems += checks.Section(f"evals.{name}", _SELECTION_CHECKS).problems(config)
     return problems
 
 
@@ -219,7 +202,8 @@ class SelectorMethod(Method):
                     *[s for s in plugin_lib.base_sections(config) if s.prefix != "edit"],
                     checks.Section("edit", _EDIT_CHECKS)]
         rules = ([] if any(s.problems(config) for s in sections)
-                 else [*plugin_lib.base_rules(), _text_encoder_rule, _plugin_runs_rule, _evals_rule])
+                 else [*plugin_lib.base_rules(), _text_encoder_rule, _plugin_runs_rule,
+                       plugin_lib.evals_rule("selection", _SELECTION_CHECKS)])
         return [*sections, checks.Section("", {}, closed=False, rules=tuple(rules))]
 
     def __init__(self, config: ml_collections.ConfigDict):

@@ -64,7 +64,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     kernel (GPU); None or "xla" are XLA einsums over heads-first (B, heads, L, head_dim) operands, the query
     scaled before the product: the same math as `jax.nn.dot_product_attention`'s XLA path, whose
     "BTNH,BSNH->BNTS" contraction keeps the batch dimensions apart and ran 1.4x slower on CPU (a 1024-token
-    self-attention, 2 x 4 heads of 8, the two interleaved over 40 calls: 52 ms -> 36 ms;
+    self-attention, 2 x 4 heads of 8, the two interleaved over 40 calls: 52 ms -> 36 ms, re-run at load 0.29
+    79 ms -> 54 ms;
     `python -m benchmarks.unet_parts` for the U-Net's parts).
     """
     if implementation == "cudnn":

@@ -36,12 +36,12 @@ from editdiff.train.checkpoint import (
     CheckpointMismatchError,
     Checkpointer,
     config_differences,
-    read_saved_config,
     state_tree,
     train_state_from_tree,
 )
 from editdiff.train.state import TrainState, init_train_state, split_model
 from editdiff.train.warm_start import apply_frozen_from, apply_init_from, dotted
+from editdiff.workdirs import read_saved_config
 
 _MAX_CONFIG_LINES = 8
 

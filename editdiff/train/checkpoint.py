@@ -31,9 +31,8 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as save_policies
 
 from editdiff.train.state import TrainState
+from editdiff.workdirs import CONFIG_NAME, PREVIOUS_CONFIG_NAME, read_saved_config
 
-CONFIG_NAME = "config.json"
-PREVIOUS_CONFIG_NAME = "config.previous.json"
 TRAIN_STATE_PARTS = ("step", "params", "opt_state", "ema_params", "model_state")
 _MAX_LISTED = 8  # differing paths listed in a mismatch error before "... and N more"
 
@@ -257,15 +256,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def config_text(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-
-
-def read_saved_config(workdir: str) -> dict | None:
-    """The config.json of the workdir's last successful start, or None."""
-    path = os.path.join(workdir, CONFIG_NAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def config_differences(saved: dict | None, config: ml_collections.ConfigDict) -> list[str]:

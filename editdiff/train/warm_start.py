@@ -10,7 +10,6 @@ of another method, a missing path or a shape that differs is a ValueError naming
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Mapping
 
@@ -20,7 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from editdiff.train.checkpoint import Checkpointer, read_saved_config
+from editdiff.train.checkpoint import Checkpointer
+from editdiff.workdirs import is_run_workdir, read_saved_config
 
 _MAX_LISTED = 8
 
@@ -38,7 +38,7 @@ def run_workdir_problem(workdir: str, *, method: str | None, key: str) -> str | 
     """Why `workdir` cannot serve `config.KEY.workdir` (not a training run's workdir, or a run of another method
     than `method`; None: any), or None when it can. Reads config.json only."""
     saved = read_saved_config(workdir)
-    if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not is_run_workdir(workdir):
         return (f"config.{key}.workdir = {workdir!r} is invalid; allowed: the workdir of a training run "
                 "(config.json and checkpoints/)")
     if method is not None and saved.get("method") != method:
