@@ -460,3 +460,26 @@ def test_a_reader_of_a_live_run_lists_again_when_the_run_prunes_its_checkpoint_m
     step, parts = reader.restore_latest(abstract)
     assert step == 4 and float(parts["ema_params"]["w"][0]) == 4.0
     writer.close()
+
+
+def test_a_reader_opening_a_live_run_lists_again_when_a_step_vanishes_while_listing(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    writer = Checkpointer(str(tmp_path), keep=1, async_save=False)
+    writer.save(2, TrainState(step=jnp.asarray(2), params={"w": jnp.ones(3)}, opt_state=(),
+                              ema_params={"w": jnp.ones(3)}, model_state={}))
+    writer.wait_until_finished()
+    opened, calls = ocp.CheckpointManager, []
+
+    def pruned_during_the_first_listing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # what orbax raises when it stats a step the live run just deleted
+            raise FileNotFoundError(str(tmp_path / "checkpoints" / "1"))
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(ocp, "CheckpointManager", pruned_during_the_first_listing)
+    assert Checkpointer(str(tmp_path), read_only=True).all_steps() == [2] and len(calls) == 2
+    with pytest.raises(FileNotFoundError):  # a writer never hides it
+        calls.clear()
+        Checkpointer(str(tmp_path), keep=1)
+    writer.close()

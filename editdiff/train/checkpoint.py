@@ -119,8 +119,21 @@ class Checkpointer:
             )
         # An explicit handler: a manager that has not saved in this process (a resumed or read-only one)
         # must still know how to read metadata and restore parts of the tree.
-        self._manager = ocp.CheckpointManager(self.directory, item_handlers=ocp.PyTreeCheckpointHandler(),
-                                              options=options)
+        self._manager = self._open(options)
+
+    def _open(self, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+        """The manager over the directory. Opening lists every step and reads each one's commit time: a live run
+        that prunes a step in between makes a read-only reader's listing fail, so it lists again (RELISTINGS)."""
+        for attempt in range(RELISTINGS):
+            try:
+                return ocp.CheckpointManager(self.directory, item_handlers=ocp.PyTreeCheckpointHandler(),
+                                             options=options)
+            except FileNotFoundError:
+                if not self.read_only or attempt == RELISTINGS - 1:
+                    raise
+                logging.warning("A checkpoint of %s vanished while listing (the live run pruned it); listing again",
+                                self.directory)
+        raise AssertionError("unreachable")
 
     def all_steps(self) -> list[int]:
         """Steps with a complete checkpoint, ascending (an unfinished or killed save is not among them)."""
