@@ -148,6 +148,20 @@ def _apply_modifier(config: ml_collections.ConfigDict, modifier: str) -> None:
         raise ValueError(f"configs/ldm.py: unknown modifier {modifier!r}; allowed: text, unconditional")
 
 
+def use_base_schedule(config: ml_collections.ConfigDict, preset: str, *, sampler_grid: bool = True) -> None:
+    """Gives a method's `config` the schedule of the ldm `preset` whose export is its frozen base (the methods
+    check it against the export's scheduler config: editdiff.methods.bases.SCHEDULE_KEYS) and, with
+    `sampler_grid`, that preset's sampler grid (spacing, steps_offset, set_alpha_to_one)."""
+    from editdiff.methods.bases import SCHEDULE_KEYS
+
+    base = get_config(preset)
+    for key in SCHEDULE_KEYS:
+        config.diffusion[key] = base.diffusion[key]
+    if sampler_grid:
+        config.sampler.update(spacing=base.sampler.spacing, steps_offset=base.sampler.steps_offset,
+                              set_alpha_to_one=base.sampler.set_alpha_to_one)
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     """`arg` = preset (demo | sd15 | tiny) followed by comma-separated modifiers."""
     preset, *modifiers = [part.strip() for part in (arg or "demo").split(",")]

@@ -97,7 +97,6 @@ import ml_collections
 
 from configs import ldm
 from editdiff.methods import plugin_selector
-from editdiff.methods.bases import SCHEDULE_KEYS
 from editdiff.methods.plugin import (TASKS, default_edit_config, default_inference_config, default_model_config,
                                      default_plugin_config, plugin_diffusion_config, plugin_sampler_config,
                                      restoration_entry)
@@ -122,9 +121,8 @@ def _base(ldm_preset: str, task: str) -> ml_collections.ConfigDict:
     config.model = default_model_config()
     config.edit = default_edit_config()
     config.diffusion = plugin_diffusion_config()
-    for key in SCHEDULE_KEYS:
-        config.diffusion[key] = base.diffusion[key]
     config.sampler = plugin_sampler_config()
+    ldm.use_base_schedule(config, ldm_preset, sampler_grid=False)  # UniPC on the authors' own linspace grid
     config.evals.restoration = restoration_entry()
     t = config.train
     t.weight_decay, t.grad_clip_norm, t.schedule, t.warmup_steps = 1e-2, 1.0, "constant", 0

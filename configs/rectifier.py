@@ -94,7 +94,6 @@ from __future__ import annotations
 import ml_collections
 
 from configs import ldm
-from editdiff.methods.bases import SCHEDULE_KEYS
 from editdiff.methods.rectifier import (default_edit_config, default_model_config,
                                         default_objective_config, editing_entry, reconstruction_entry,
                                         rectifier_diffusion_config, rectifier_sampler_config)
@@ -118,11 +117,8 @@ def _base(ldm_preset: str) -> ml_collections.ConfigDict:
     config.objective = default_objective_config()
     config.edit = default_edit_config()
     config.diffusion = rectifier_diffusion_config()
-    for key in SCHEDULE_KEYS:
-        config.diffusion[key] = base.diffusion[key]
     config.sampler = rectifier_sampler_config()
-    config.sampler.update(spacing=base.sampler.spacing, steps_offset=base.sampler.steps_offset,
-                          set_alpha_to_one=base.sampler.set_alpha_to_one)
+    ldm.use_base_schedule(config, ldm_preset)
     config.evals.reconstruction = reconstruction_entry()
     t = config.train
     t.learning_rate, t.weight_decay, t.schedule, t.decay_every, t.decay_rate = 1e-3, 1e-5, "exponential", 5000, 0.9

@@ -66,7 +66,7 @@ from editdiff.methods import latents as latents_lib
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.bases import (autoencoder_factor, base_rule, broadcast_context, build_autoencoder,
                                     frozen_base_state, null_context_shape, read_base)
-from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
+from editdiff.methods.reports import ModelFunction, chunks, labelled_grid, write_grid, write_scores
 from editdiff.nn.clip import CLIPVisionConfig, CLIPVisionModel
 from editdiff.nn.clip_preprocess import resize_center_crop
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
@@ -432,13 +432,6 @@ def restoration_scores(restored: np.ndarray, clean: np.ndarray) -> dict[str, flo
 
     pred, target = (jnp.asarray(restored) + 1) / 2, (jnp.asarray(clean) + 1) / 2
     return {"PSNR": float(jnp.mean(pixel.psnr(pred, target, 1.0))), "SSIM": float(jnp.mean(pixel.ssim(pred, target, 1.0)))}
-
-
-def chunks(images: np.ndarray, size: int):
-    """(count, (size, ...) chunk) over `images`, the last padded by repeating its final image (one program)."""
-    for start in range(0, len(images), size):
-        chunk = images[start:start + size]
-        yield len(chunk), np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
 
 
 class RestorationEvaluator(Evaluator):

@@ -60,7 +60,7 @@ from editdiff.methods import latents as latents_lib
 from editdiff.methods import plugin as plugin_lib
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.plugin import INFERENCE_CHECKS, TASKS, PluginModel, PluginParts, start_for
-from editdiff.methods.reports import ModelFunction, write_scores
+from editdiff.methods.reports import ModelFunction, chunks, write_scores
 from editdiff.pretrained import pretrained_path
 from editdiff.workdirs import is_run_workdir, read_saved_config
 from input_pipeline import captions as data
@@ -389,7 +389,7 @@ class SelectionEvaluator(Evaluator):
         from eval.multilabel import selector_metrics
 
         prompts = {task: np.concatenate([np.asarray(self._prompts(model, chunk))[:count] for count, chunk in
-                                         plugin_lib.chunks(images, self.settings.batch_size)])
+                                         chunks(images, self.settings.batch_size)])
                    for task, images in self.images.items()}
         scores = {}
         for set_name, split in PHRASING_SETS.items():

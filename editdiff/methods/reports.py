@@ -6,7 +6,8 @@
   Every table carries a do-nothing or frozen-model arm beside the model, so a reader sees whether it helps.
 - Sample grids: labelled PNGs (a header per column, a label per row) under `WORKDIR/NAME/step_NNNNNNN.png`,
   and the same image to the writer.
-- `ModelFunction`: a function of a model compiled once per model graph (evaluators call it every period).
+- `ModelFunction`: a function of a model compiled once per model graph (evaluators call it every period);
+  `chunks`: fixed-size padded chunks of an evaluation set, so that one compiled program serves them all.
 """
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ class ModelFunction:
 
             compiled = self._compiled[graphdef] = jax.jit(run)
         return compiled(state, *args)
+
+
+def chunks(images: np.ndarray, size: int):
+    """(count, (size, ...) chunk) over `images`, the last padded by repeating its final image (one program)."""
+    for start in range(0, len(images), size):
+        chunk = images[start:start + size]
+        yield len(chunk), np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
 
 
 def step_stem(workdir: str, folder: str, step: int) -> str:
