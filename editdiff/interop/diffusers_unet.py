@@ -113,14 +113,19 @@ def unet_rules(model: UNet2DConditionModel | UNet2DModel) -> list[Rule]:
     return rules + norm_rules(("conv_norm_out",), "conv_norm_out") + conv_rules(("conv_out",), "conv_out")
 
 
+def hint_embedding_rules(path: tuple, prefix: str, embedding) -> list[Rule]:
+    """A ControlNetConditioningEmbedding at `path` <-> diffusers' one under `prefix` ("" at the top level)."""
+    rules = conv_rules((*path, "conv_in"), f"{prefix}conv_in")
+    for i in range(len(embedding.blocks)):
+        rules += conv_rules((*path, "blocks", i), f"{prefix}blocks.{i}")
+    return rules + conv_rules((*path, "conv_out"), f"{prefix}conv_out")
+
+
 def controlnet_rules(model: ControlNetModel) -> list[Rule]:
     """One Rule per parameter of `model`: Flax path <-> diffusers ControlNetModel state-dict key."""
     rules = _encoder_rules(model)
-    embedding = ("controlnet_cond_embedding",)
-    rules += conv_rules((*embedding, "conv_in"), "controlnet_cond_embedding.conv_in")
-    for i in range(len(model.controlnet_cond_embedding.blocks)):
-        rules += conv_rules((*embedding, "blocks", i), f"controlnet_cond_embedding.blocks.{i}")
-    rules += conv_rules((*embedding, "conv_out"), "controlnet_cond_embedding.conv_out")
+    rules += hint_embedding_rules(("controlnet_cond_embedding",), "controlnet_cond_embedding.",
+                                  model.controlnet_cond_embedding)
     for i in range(len(model.controlnet_down_blocks)):
         rules += conv_rules(("controlnet_down_blocks", i), f"controlnet_down_blocks.{i}")
     return rules + conv_rules(("controlnet_mid_block",), "controlnet_mid_block")

@@ -189,10 +189,12 @@ class ControlNetModel(nnx.Module):
         return controlnet
 
     def __call__(self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array | None,
-                 cond: jax.Array, conditioning_scale: float | jax.Array = 1.0
-                 ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+                 cond: jax.Array, conditioning_scale: float | jax.Array = 1.0, *,
+                 added_hint_embedding: jax.Array | None = None) -> tuple[tuple[jax.Array, ...], jax.Array]:
         """Residuals for the U-Net from a (B, H, W, in_channels) latent and its (B, 8H, 8W, conditioning_channels)
-        pixel hint (for the default four-stage hint encoder).
+        pixel hint (for the default four-stage hint encoder). `added_hint_embedding` (B, H, W, block_out_channels[0]),
+        when given, is added to the hint's embedding: the output of a second hint encoder (Prompt Diffusion feeds
+        its example pair and its query through two).
 
         Returns (down_residuals, mid_residual): one (B, h, w, c) per U-Net skip connection, in diffusers' order,
         and the mid-block residual, all multiplied by `conditioning_scale`.
@@ -204,6 +206,8 @@ class ControlNetModel(nnx.Module):
         emb = embed_timesteps(self.time_embedding, self.config, timesteps, sample.shape[0], self.dtype)
 
         h = self.conv_in(sample.astype(self.dtype)) + self.controlnet_cond_embedding(cond.astype(self.dtype))
+        if added_hint_embedding is not None:
+            h = h + added_hint_embedding.astype(self.dtype)
         skips = [h]
         for block in self.down_blocks:
             h, block_skips = block(h, emb, context)

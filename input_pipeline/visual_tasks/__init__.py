@@ -6,6 +6,8 @@
 - labelled:  LabelledFolderSource (images folder + maps folder) and `create_visual_source`.
 - examples:  VISUAL_TASKS / OOD_TASKS registries and `visual_prompt_example_fn` (index -> reference pair + query).
 - grid:      `assemble_grid` (hint, target, answer mask) and `check_grid`.
+- batches:   the method's `config.data`, its checks, `VisualPromptBatches` (training) and `fixed_task_examples`
+             (evaluation); imported as `input_pipeline.visual_tasks.batches`.
 """
 from input_pipeline.visual_tasks.canny import canny
 from input_pipeline.visual_tasks.examples import (ALL_TASKS, OOD_TASKS, SYNTHESISABLE_TASKS, TASK_IDS, VISUAL_TASKS,
