@@ -10,8 +10,14 @@ and after, and a load above --max_load refuses to time (benchmarks/timing.py). M
 --peak_tflops (the device's dense peak for --dtype) is given. Goal (issue 15), on CPU: JAX step time <= 0.7x
 PyTorch's at the tiny config, <= 0.6x at SD-1.5 size.
 
+Memory: the compiled step's XLA buffers (arguments, temporaries: the activations kept for the backward pass)
+from its memory analysis, and the process's peak host RSS after the run (on CPU the device memory is host
+memory). `--remat` checkpoints every U-Net block (UNet2DConditionModel(remat=True)): run the command with and
+without it, one process each, for the memory / time trade-off (peak RSS is per process).
+
     python -m benchmarks.unet                                  # tiny config, 16x16 latent, batch 2
     python -m benchmarks.unet --config sd15 --steps 3          # SD-1.5 size, 32x32 latent, batch 1 (slow on CPU)
+    python -m benchmarks.unet --config sd15 --steps 3 --batch 4 --no_torch [--remat]   # the remat trade-off
     # GPU: SD-1.5 at 512 px (64x64 latent), bf16, cuDNN flash attention; 989 = H100 SXM dense bf16 TFLOP/s
     python -m benchmarks.unet --config sd15 --latent 64 --batch 8 --dtype bfloat16 --attention cudnn \\
         --peak_tflops 989 --no_torch
@@ -19,6 +25,7 @@ PyTorch's at the tiny config, <= 0.6x at SD-1.5 size.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import diffusers
@@ -77,18 +84,20 @@ def torch_step(torch_unet: torch.nn.Module, batch: dict):
     return step, release
 
 
-def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: str | None
+def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: str | None, remat: bool = False
                    ) -> UNet2DConditionModel:
     """Our U-Net holding `torch_unet`'s weights (through the interop name map, without a file)."""
     model = abstract_module(lambda: UNet2DConditionModel(UNetConfig.from_diffusers(config), rngs=nnx.Rngs(0),
-                                                         dtype=dtype, attention_implementation=attention))
+                                                         dtype=dtype, attention_implementation=attention,
+                                                         remat=remat))
     state_dict = {k: v.detach().numpy() for k, v in torch_unet.state_dict().items()}
     load_state_dict(model, state_dict, unet_rules(model), source="torch model")
     return model
 
 
 def jax_step(model: UNet2DConditionModel, batch: dict):
-    """(compile seconds, step, FLOPs per step) of a jitted forward + backward + Adam step."""
+    """(compile seconds, step, FLOPs per step, XLA memory analysis) of a jitted forward + backward + Adam
+    step."""
     graphdef, params = nnx.split(model, nnx.Param)
     optimizer = optax.adam(LEARNING_RATE)
 
@@ -108,12 +117,13 @@ def jax_step(model: UNet2DConditionModel, batch: dict):
     compile_seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", float("nan")))
+    memory = compiled.memory_analysis()
 
     def step():
         state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], batch)
         loss.block_until_ready()
 
-    return compile_seconds, step, flops
+    return compile_seconds, step, flops, memory
 
 
 def main():
@@ -126,14 +136,16 @@ def main():
     parser.add_argument("--peak_tflops", type=float, help="device dense peak TFLOP/s for --dtype, for MFU")
     parser.add_argument("--attention", choices=["xla", "cudnn"], help="dot_product_attention implementation")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch side (e.g. on a GPU machine)")
+    parser.add_argument("--remat", action="store_true", help="checkpoint every U-Net block (JAX side)")
     timing.add_load_flag(parser)
     args = parser.parse_args()
 
     timing.check_load("at start", args.max_load)
-    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({args.dtype}) | PyTorch {torch.__version__} "
-          f"on CPU (float32) | {timing.thread_counts()}")
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({args.dtype}{', remat' if args.remat else ''})"
+          f" | PyTorch {torch.__version__} on CPU (float32) | {timing.thread_counts()}")
     print(f"{'config':<6} {'latent':>6} {'batch':>5} {'JAX compile s':>13} {'JAX step s':>20} {'PyTorch step s':>20} "
-          f"{'JAX/PyTorch':>11} {'GFLOP/step':>10} {'TFLOP/s':>8} {'img/s':>7} {'MFU':>6} {'timing':>12}")
+          f"{'JAX/PyTorch':>11} {'GFLOP/step':>10} {'TFLOP/s':>8} {'img/s':>7} {'MFU':>6} {'timing':>12} "
+          f"{'XLA args MiB':>12} {'XLA temp MiB':>12}")
     for name in CONFIGS if args.config == "all" else [args.config]:
         config, latent, batch_size, context_length = CONFIGS[name]
         latent, batch_size = args.latent or latent, args.batch or batch_size
@@ -148,10 +160,10 @@ def main():
             step, release = torch_step(torch_unet, batch)
             seconds = timing.interleaved({"pytorch": step}, args.steps)
             release()
-        model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype), args.attention)
+        model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype), args.attention, args.remat)
         if not together:
             del torch_unet
-        compile_seconds, step, flops = jax_step(model, batch)
+        compile_seconds, step, flops, memory = jax_step(model, batch)
         if together:
             torch_timed, release = torch_step(torch_unet, batch)
             seconds = timing.interleaved({"jax": step, "pytorch": torch_timed}, args.steps)
@@ -165,7 +177,10 @@ def main():
         torch_spread = timing.spread(seconds["pytorch"]) if not args.no_torch else "-"
         print(f"{name:<6} {latent:>6} {batch_size:>5} {compile_seconds:>13.1f} {timing.spread(seconds['jax']):>20} "
               f"{torch_spread:>20} {jax_seconds / torch_seconds:>11.2f} {flops / 1e9:>10.1f} {tflops:>8.3f} "
-              f"{batch_size / jax_seconds:>7.2f} {mfu} {'interleaved' if together else 'sequential':>12}")
+              f"{batch_size / jax_seconds:>7.2f} {mfu} {'interleaved' if together else 'sequential':>12} "
+              f"{memory.argument_size_in_bytes / 2**20:>12.0f} {memory.temp_size_in_bytes / 2**20:>12.0f}")
+    # ru_maxrss is in KiB on Linux: the whole process (both frameworks' models and steps) at its peak.
+    print(f"peak host RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     timing.check_load("at the end", float("inf"))
 
 

@@ -99,6 +99,25 @@ def test_bfloat16_compute_keeps_float32_params(sd1):
     assert relative < 0.05
 
 
+def test_remat_keeps_the_prediction_and_the_gradients(sd1):
+    """Activation checkpointing recomputes the blocks in the backward pass: the same numbers, less memory."""
+    import jax
+
+    _, ours, directory = sd1
+    remat = load_unet(directory)
+    remat.remat = True
+    sample, timesteps, context = (jnp.asarray(x) for x in _inputs(SD1_TINY, (2, 8, 12), 7))
+
+    def loss_and_grads(model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(sample, timesteps, context) ** 2)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (plain_loss, plain_grads), (remat_loss, remat_grads) = loss_and_grads(ours), loss_and_grads(remat)
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), remat_grads, plain_grads)
+
+
 def test_attention_implementation_reaches_every_attention():
     config = UNetConfig.from_diffusers(SD1_TINY)
     model = abstract_module(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), attention_implementation="cudnn"))

@@ -100,6 +100,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         null_context_tokens=1,  # unconditional: tokens of the learned context
         caption_dropout=0.1,  # text: probability a training caption is replaced by "" (for guidance)
         attention_implementation="",  # "" = XLA's choice | "xla" | "cudnn" (fused flash attention, GPU)
+        remat=False,  # checkpoint every U-Net block: less activation memory, one more forward per step
         unet=ml_collections.ConfigDict(),
     ))
 
@@ -165,6 +166,7 @@ _MODEL_CHECKS = {
     "null_context_tokens": checks.int_at_least(1),
     "caption_dropout": checks.number_in(0, 1),
     "attention_implementation": checks.one_of(ATTENTION_IMPLEMENTATIONS),
+    "remat": checks.BOOLEAN,
     "unet": ((lambda v: isinstance(v, ml_collections.ConfigDict)), "a ConfigDict of diffusers U-Net keys"),
 }
 def _required_parts(config) -> tuple[str, ...]:
@@ -396,7 +398,8 @@ class LDMMethod(Method):
             vae_config = VAEConfig.from_diffusers(read_config(pretrained_path(self.config, "vae")))
             autoencoder = AutoencoderKL(vae_config, rngs=rngs, dtype=self.dtype)
         unet = UNet2DConditionModel(self._unet_config(), rngs=rngs, dtype=self.dtype,
-                                    attention_implementation=model.attention_implementation or None)
+                                    attention_implementation=model.attention_implementation or None,
+                                    remat=model.remat)
         null_context = text_encoder = None
         if self.text:
             text_encoder = TextEncoder(self.text_config, dtype=self.dtype, rngs=rngs)

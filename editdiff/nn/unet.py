@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -250,26 +250,40 @@ def build_up_blocks(config: UNetConfig, *, temb_channels: int, attention_impleme
     return stack_up_blocks(config, specs, temb_channels=temb_channels, dtype=dtype, rngs=rngs)
 
 
-def run_down_blocks(blocks: Sequence[DownBlock2D], h: jax.Array, emb: jax.Array, context: jax.Array | None
-                    ) -> tuple[jax.Array, list[jax.Array]]:
-    """The encoder pass from conv_in's output h: (deepest features, every skip connection with h first)."""
+def checkpointed(call: Callable, remat: bool) -> Callable:
+    """`call(block, *arrays)`, under activation checkpointing (nnx.remat) when `remat`: the backward pass
+    recomputes the block's activations instead of keeping them, trading compute for memory."""
+    return nnx.remat(call) if remat else call
+
+
+def run_down_blocks(blocks: Sequence[DownBlock2D], h: jax.Array, emb: jax.Array, context: jax.Array | None,
+                    *, remat: bool = False) -> tuple[jax.Array, list[jax.Array]]:
+    """The encoder pass from conv_in's output h: (deepest features, every skip connection with h first); each
+    block checkpointed when `remat`."""
     skips = [h]
+    call = checkpointed(lambda block, h, emb, context: block(h, emb, context), remat)
     for block in blocks:
-        h, block_skips = block(h, emb, context)
+        h, block_skips = call(block, h, emb, context)
         skips.extend(block_skips)
     return h, skips
 
 
+def _up_block_call(upsample_size: tuple[int, int] | None) -> Callable:
+    """An up block's call with its (static) upsample size closed over: the checkpoint traces only arrays."""
+    return lambda block, h, skips, emb, context, modulation: block(h, skips, emb, context, upsample_size, modulation)
+
+
 def run_up_blocks(blocks: Sequence[UpBlock2D], h: jax.Array, skips: Sequence[jax.Array], emb: jax.Array,
-                  context: jax.Array | None, modulation: Modulation | None) -> jax.Array:
+                  context: jax.Array | None, modulation: Modulation | None, *, remat: bool = False) -> jax.Array:
     """The decoder pass: each up block consumes one skip per layer from the end of `skips`; `modulation` holds
-    U-Net paths ("up_blocks", i, ...)."""
+    U-Net paths ("up_blocks", i, ...); each block checkpointed when `remat`."""
     skips = list(skips)
     for i, block in enumerate(blocks):
         block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
         # Upsample to the next skip's size, not 2x, so odd latent sizes line up (diffusers' upsample_size).
         upsample_size = skips[-1].shape[1:3] if block.upsample is not None else None
-        h = block(h, tuple(block_skips), emb, context, upsample_size, submodulation(modulation, "up_blocks", i))
+        call = checkpointed(_up_block_call(upsample_size), remat)
+        h = call(block, h, tuple(block_skips), emb, context, submodulation(modulation, "up_blocks", i))
     return h
 
 
@@ -320,13 +334,16 @@ def num_skip_connections(config) -> int:
 
 class UNet2DConditionModel(nnx.Module):
     """The conditional denoiser; params float32, computation in `dtype`. `attention_implementation` is passed
-    to `jax.nn.dot_product_attention` (None: XLA chooses; "cudnn": the fused flash kernel, GPU, bf16/fp16)."""
+    to `jax.nn.dot_product_attention` (None: XLA chooses; "cudnn": the fused flash kernel, GPU, bf16/fp16).
+    `remat`: activation checkpointing of every down, mid and up block (the backward pass recomputes each
+    block's activations: less memory for large batches, more compute; benchmarks/unet.py --remat measures it)."""
 
     def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
-                 attention_implementation: str | None = None):
+                 attention_implementation: str | None = None, remat: bool = False):
         self.config = config
         self.dtype = dtype
         self.attention_implementation = attention_implementation
+        self.remat = remat
         channels = config.block_out_channels
         temb = config.time_embed_dim
         self.conv_in = conv2d(config.in_channels, channels[0], config.conv_in_kernel,
@@ -364,13 +381,15 @@ class UNet2DConditionModel(nnx.Module):
         context = None if encoder_hidden_states is None else encoder_hidden_states.astype(self.dtype)
         emb = embed_timesteps(self.time_embedding, self.config, timesteps, sample.shape[0], self.dtype)
 
-        h, skips = run_down_blocks(self.down_blocks, self.conv_in(sample.astype(self.dtype)), emb, context)
+        h, skips = run_down_blocks(self.down_blocks, self.conv_in(sample.astype(self.dtype)), emb, context,
+                                   remat=self.remat)
         if down_residuals is not None:
             skips = [s if r is None else s + r.astype(s.dtype) for s, r in zip(skips, down_residuals)]
 
-        h = self.mid_block(h, emb, context, submodulation(modulation, "mid_block"))
+        mid = checkpointed(lambda block, h, emb, context, modulation: block(h, emb, context, modulation), self.remat)
+        h = mid(self.mid_block, h, emb, context, submodulation(modulation, "mid_block"))
         if mid_residual is not None:
             h = h + mid_residual.astype(h.dtype)
 
-        h = run_up_blocks(self.up_blocks, h, skips, emb, context, modulation)
+        h = run_up_blocks(self.up_blocks, h, skips, emb, context, modulation, remat=self.remat)
         return self.conv_out(jax.nn.silu(self.conv_norm_out(h)))
