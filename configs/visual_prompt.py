@@ -35,9 +35,9 @@ CLIP task-arithmetic context and phi = CLIP for the task-consistency loss; needs
       The model beats copy-query only on colourisation: its answers carry the query's colours and layout but
       blurred (~16.5 dB whatever the task), as this base (seven memorised thumbnails) draws a held-out crop no
       better; the prompt matters where the answer's colours differ from the query's (colourisation: a wrong pair
-      gives 4x the error; inpainting), not for the restorations. `,separate` on the same data (5 min 35 s, a
-      20 s config comparison ran in its first minute; 7 steps/s: its U-Net denoises a 16 px answer, not a
-      32 px grid) ends in the same place: inpainting SSIM 0.453, colourisation MSE 0.0266, edges F1 0.089,
+      gives 4x the error; inpainting), not for the restorations. `,separate` on the same data (faster: its U-Net
+      denoises a 16 px answer, not a 32 px grid; its wall time is not quoted, a short job shared its first
+      minute) ends in the same place: inpainting SSIM 0.453, colourisation MSE 0.0266, edges F1 0.089,
       super-resolution / deblurring / denoising PSNR 16.36 / 16.48 / 16.36; a shuffled prompt again hurts
       colourisation only (0.111). With SD-1.5 (`sd15`) the base is a general image model. Then the user's
       command and the export:

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from editdiff import config_checks as checks
+from input_pipeline.host_batches import HostBatches
 from input_pipeline.images import UnreadableImage, fit_to_crop, resize_short_side
 from input_pipeline.paired_folders import LAYOUTS, PairedFolderSource
 from input_pipeline.randomness import example_seed, purpose_seed
@@ -254,7 +255,7 @@ def caption_table(source: Source, tokenize: Tokenize) -> np.ndarray:
     return np.asarray(tokenize(list(source.captions)), np.int32)
 
 
-class ImageBatches:
+class ImageBatches(HostBatches):
     """Per-host training batches as dicts of numpy arrays (module docstring); `step` is the next batch's.
 
     `tokenize` (captions -> (N, L) int32 ids) makes the run captioned. A paired_folder source or `degrade` makes
@@ -268,19 +269,12 @@ class ImageBatches:
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, tokenize: Tokenize | None = None,
                  degrade: Degrade | None = None, start_step: int = 0, process_index: int = 0, process_count: int = 1):
-        if cfg.batch_size % process_count:
-            raise ValueError(f"config.data.batch_size = {cfg.batch_size} is not a multiple of the process count "
-                             f"{process_count}")
-        self.source = create_image_source(cfg.source, "train", captioned=tokenize is not None)
-        self.step = start_step
-        loader = _CropLoader(self.source, cfg)
-        table = None if tokenize is None else tf.constant(caption_table(self.source, tokenize))
-        crop, n, seed = cfg.crop_size, len(self.source), cfg.seed
-        global_batch, local = cfg.batch_size, cfg.batch_size // process_count
-        first = process_index * local
+        source = create_image_source(cfg.source, "train", captioned=tokenize is not None)
+        loader = _CropLoader(source, cfg)
+        table = None if tokenize is None else tf.constant(caption_table(source, tokenize))
+        crop, n, seed = cfg.crop_size, len(source), cfg.seed
 
-        def example(position):
-            index = (position // local) * global_batch + first + position % local
+        def example(index):
             key = example_seed(seed, index)
             fraction = tf.random.stateless_uniform([2], purpose_seed(key, "crop"))
             pixels, used = tf.numpy_function(loader.crop, [_epoch_photo(seed, index, n), fraction],
@@ -303,28 +297,9 @@ class ImageBatches:
                 fields["input_ids"] = tf.gather(table, used)
             return fields
 
-        positions = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max)
-        dataset = positions.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-        dataset = dataset.batch(local, drop_remainder=True).prefetch(cfg.prefetch_batches)
-        options = tf.data.Options()
-        options.deterministic = True
-        self._iterator = iter(dataset.with_options(options).as_numpy_iterator())
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._iterator)
-        self.step += 1
-        return batch
-
-    @property
-    def skipped_files(self) -> dict[str, str]:
-        return self.source.skipped.as_dict()
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self.source.skipped)
+        super().__init__(source, example, batch_size=cfg.batch_size, start_step=start_step,
+                         process_index=process_index, process_count=process_count,
+                         num_parallel_calls=cfg.num_parallel_calls, prefetch_batches=cfg.prefetch_batches)
 
 
 def fixed_examples(cfg: ml_collections.ConfigDict, split: str, count: int, seed: int, *,

@@ -93,7 +93,6 @@ NOISE_LOSS_REGIONS = ("grid", "answer")
 TASK_CONSISTENCY_WEIGHT = 0.05  # lambda_t of the slides
 HINT_STAGE_CHANNELS = (16, 32, 96, 256)  # diffusers' ControlNet hint encoder; one stage per factor of 2, + 1
 CELLS = ("reference_input", "reference_output", "query")
-ARMS = ("model", "copy-query", "shuffled-prompt")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,7 +146,10 @@ def _needs_clip(config) -> bool:
 
 
 def _grid_rule(config) -> list[str]:
-    """The cell fits the autoencoder (each cell a whole latent block) and the U-Net's downsampling."""
+    """The cell fits the autoencoder (each cell a whole latent block) and the U-Net's downsampling; nothing
+    while the base is invalid (base_rule reports it; this rule reads the base's configs)."""
+    if base_rule(config, pixel=False):
+        return []
     base = read_base(config.pretrained.root)
     factor = autoencoder_factor(config, base)
     levels = len(read_config(pretrained_path(config, "unet"))["block_out_channels"])
@@ -300,7 +302,7 @@ class VisualPromptMethod(Method):
         if any(s.problems(config) for s in sections):
             return sections
         rules = (functools.partial(base_rule, pixel=False), _clip_rule, evals_rule("tasks", _TASKS_CHECKS))
-        return [*sections, checks.Section("", {}, closed=False, rules=(*rules, _after_base(_grid_rule)))]
+        return [*sections, checks.Section("", {}, closed=False, rules=(*rules, _grid_rule))]
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -401,10 +403,9 @@ class VisualPromptMethod(Method):
         """The answers (B, c, c, 3) to the batch's prompts."""
         return draw_answers(model, self.schedule, self.config.sampler, self.layout, batch, rng)
 
-    def answers(self, model: VisualPromptModel, cells: dict[str, np.ndarray], key: jax.Array, batch_size: int
+    def answers(self, model: VisualPromptModel, prompts: dict[str, np.ndarray], key: jax.Array, batch_size: int
                 ) -> np.ndarray:
-        """Answers (N, c, c, 3) for N prompts (the CELLS, (N, c, c, 3) numpy), in padded chunks of one program."""
-        prompts = with_hints(cells)
+        """Answers (N, c, c, 3) for N prompts (`with_hints` of their cells), in padded chunks of one program."""
         names = list(prompts)
         split = zip(*(chunks(prompts[name], batch_size) for name in names))
         out = []
@@ -430,7 +431,7 @@ class VisualPromptMethod(Method):
             pair[key] = fit_cell(load_image(path) * 2.0 - 1.0, cell, short_side, what=f"config.edit.{key}")
         query = fit_cell(image, cell, short_side, what="the query")
         cells = {**{k: v[None] for k, v in pair.items()}, "query": query[None]}
-        answer = self.answers(model, cells, jax.random.key(self.config.edit.seed), 1)[0]
+        answer = self.answers(model, with_hints(cells), jax.random.key(self.config.edit.seed), 1)[0]
         return {"answer": answer, "query": query, **pair}
 
     def export(self, model: VisualPromptModel, directory: str) -> list[str]:
@@ -459,13 +460,6 @@ class VisualPromptMethod(Method):
 
     def evaluators(self) -> list[Evaluator]:
         return [TaskEvaluator(name, entry.every, self, entry) for name, entry in self.config.evals.items()]
-
-
-def _after_base(rule):
-    """`rule`, run only once the base directory is valid (it reads the base's configs)."""
-    def guarded(config) -> list[str]:
-        return [] if base_rule(config, pixel=False) else rule(config)
-    return guarded
 
 
 def fit_cell(image: np.ndarray, cell: int, short_side: int, *, what: str) -> np.ndarray:
@@ -508,6 +502,13 @@ class TaskEvaluator(Evaluator):
         self.tasks = tuple(settings.tasks) or (*method.tasks, *OOD_TASKS)
         self.examples = {task: data.fixed_task_examples(method.config.data, task, settings.num_images, settings.seed)
                          for task in self.tasks}
+        # The prompts of both sampled arms, grids assembled once: the shuffled arm takes the next task's pair.
+        self.prompts = {}
+        for k, task in enumerate(self.tasks):
+            examples, other = self.examples[task], self.examples[self.tasks[(k + 1) % len(self.tasks)]]
+            shuffled = {**examples, "reference_input": other["reference_input"],
+                        "reference_output": other["reference_output"]}
+            self.prompts[task] = {"model": with_hints(examples), "shuffled-prompt": with_hints(shuffled)}
 
     def set_name(self, task: str) -> str:
         return f"{task} (OOD)" if task in OOD_TASKS and task not in self.method.tasks else task
@@ -516,15 +517,13 @@ class TaskEvaluator(Evaluator):
         key = jax.random.key(self.settings.seed)
         scores, rows, labels = {}, [], []
         for k, task in enumerate(self.tasks):
-            examples = self.examples[task]
-            other = self.examples[self.tasks[(k + 1) % len(self.tasks)]]
-            shuffled = {**examples, "reference_input": other["reference_input"],
-                        "reference_output": other["reference_output"]}
+            examples, prompts = self.examples[task], self.prompts[task]
             task_key = jax.random.fold_in(key, k)  # both sampled arms start from the same noise
-            arms = {"model": self.method.answers(model, examples, task_key, self.settings.batch_size),
+            arms = {"model": self.method.answers(model, prompts["model"], task_key, self.settings.batch_size),
                     "copy-query": examples["query"]}
             if len(self.tasks) > 1:
-                arms["shuffled-prompt"] = self.method.answers(model, shuffled, task_key, self.settings.batch_size)
+                arms["shuffled-prompt"] = self.method.answers(model, prompts["shuffled-prompt"], task_key,
+                                                              self.settings.batch_size)
             scores[self.set_name(task)] = {arm: self.metrics.task_scores(task, answers, examples["answer"])
                                            for arm, answers in arms.items()}
             n = self.settings.grid_images

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from editdiff import config_checks as checks
+from input_pipeline.host_batches import HostBatches
 from input_pipeline.visual_tasks.examples import ALL_TASKS, servable_tasks, visual_prompt_example_fn
 from input_pipeline.visual_tasks.grid import assemble_grid
 from input_pipeline.visual_tasks.labelled import LABEL_KINDS, create_visual_source
@@ -110,46 +111,24 @@ def training_tasks(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
     return servable_tasks(create_visual_source(cfg.source, "train"), tuple(cfg.tasks) or None)
 
 
-class VisualPromptBatches:
-    """Per-host training batches (module docstring); `step` is the next batch's. `num_skipped` counts
-    unreadable photos met so far."""
+class VisualPromptBatches(HostBatches):
+    """Per-host training batches (module docstring; input_pipeline.host_batches); `step` is the next batch's."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, start_step: int = 0, process_index: int = 0,
                  process_count: int = 1):
-        if cfg.batch_size % process_count:
-            raise ValueError(f"config.data.batch_size = {cfg.batch_size} is not a multiple of the process count "
-                             f"{process_count}")
-        self.source = create_visual_source(cfg.source, "train")
-        self.step = start_step
-        make = visual_prompt_example_fn(self.source, cfg.cell_size, cfg.seed, tuple(cfg.tasks) or None,
+        source = create_visual_source(cfg.source, "train")
+        make = visual_prompt_example_fn(source, cfg.cell_size, cfg.seed, tuple(cfg.tasks) or None,
                                         short_side=cfg.resize_short_side or None)
-        global_batch, local = cfg.batch_size, cfg.batch_size // process_count
-        first = process_index * local
 
-        def example(position):
-            fields = make((position // local) * global_batch + first + position % local)
+        def example(index):
+            fields = make(index)
             grid = assemble_grid(*(fields[name] for name in ("reference_input", "reference_output", "query",
                                                              "answer")))
             return {**fields, "hint": grid["hint"], "target": grid["target"]}
 
-        positions = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max)
-        dataset = positions.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-        dataset = dataset.batch(local, drop_remainder=True).prefetch(cfg.prefetch_batches)
-        options = tf.data.Options()
-        options.deterministic = True
-        self._iterator = iter(dataset.with_options(options).as_numpy_iterator())
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._iterator)
-        self.step += 1
-        return batch
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self.source.skipped)
+        super().__init__(source, example, batch_size=cfg.batch_size, start_step=start_step,
+                         process_index=process_index, process_count=process_count,
+                         num_parallel_calls=cfg.num_parallel_calls, prefetch_batches=cfg.prefetch_batches)
 
 
 def fixed_task_examples(cfg: ml_collections.ConfigDict, task: str, count: int, seed: int) -> dict[str, np.ndarray]:
