@@ -31,6 +31,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.source.tfds_train_split = "train"
     cfg.source.tfds_heldout_split = "test"
     cfg.source.tfds_image_key = "image"
+    # kind="tfds": a second image feature holding each record's real blurred frame (e.g. "blurred" for REDS,
+    # input_pipeline/datasets/reds.py); it replaces the synthetic motion blur, as for kind="paired". "" = none.
+    cfg.source.tfds_blurred_key = ""
     # folder / paired: a file is held out when hash(relative path) % 1000 < heldout_per_mille, so adding files
     # never moves an existing file between the splits. Bundled photos have a fixed, documented split.
     cfg.source.heldout_per_mille = 100
@@ -112,6 +115,10 @@ def data_problems(cfg: ml_collections.ConfigDict, *, process_count: int = 1) -> 
     for key in required:
         if not src[key]:
             _fail(f"source.{key}", src[key], f"a non-empty value when source.kind={src.kind!r}")
+    if not isinstance(src.tfds_blurred_key, str) or (
+            src.kind == "tfds" and src.tfds_blurred_key and src.tfds_blurred_key == src.tfds_image_key):
+        _fail("source.tfds_blurred_key", src.tfds_blurred_key,
+              f'"" (none) or an image feature other than source.tfds_image_key={src.tfds_image_key!r}')
     if not (isinstance(src.heldout_per_mille, int) and 0 <= src.heldout_per_mille < 1000):
         _fail("source.heldout_per_mille", src.heldout_per_mille, "an integer in [0, 1000)")
 

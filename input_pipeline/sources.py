@@ -12,6 +12,10 @@ in [0, 1]. Random access by index is what makes the batch at step k a pure funct
 - paired: the same relative names under a sharp folder and a blurred folder (e.g. REDS sharp / blur frames);
   the real blurred frame replaces the synthetic motion blur. Split as for folder.
 - tfds: a prepared TFDS dataset read from `data_dir` with random access (array_record format), named splits.
+  With `tfds_blurred_key` each record's real blurred frame replaces the synthetic motion blur, as for paired
+  (the REDS benchmark, input_pipeline/datasets/reds.py).
+
+Sources whose items come with a real blurred frame are `PairedSource`s: the pipeline tells them apart by that.
 """
 from __future__ import annotations
 
@@ -102,6 +106,17 @@ class BundledSource(Source):
 
 
 class PairedSource(Source):
+    """A source whose items come with a real blurred frame: `_load` returns (sharp, blurred) of one shape, and
+    the pipeline uses the blurred frame in place of the synthetic motion blur."""
+
+    @staticmethod
+    def _pair(sharp: np.ndarray, blurred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if sharp.shape != blurred.shape:
+            raise UnreadableImage(f"sharp {sharp.shape} and blurred {blurred.shape} frames differ in shape")
+        return sharp, blurred
+
+
+class SharpBlurredFolderSource(PairedSource):
     """Sharp / blurred frames with the same relative name; files missing on either side are skipped."""
 
     def __init__(self, sharp_root: str, blurred_root: str, split: str, heldout_per_mille: int):
@@ -114,31 +129,54 @@ class PairedSource(Source):
         self.sharp_root, self.blurred_root = sharp_root, blurred_root
 
     def _load(self, item_id):
-        sharp = load_image(os.path.join(self.sharp_root, item_id))
-        blurred = load_image(os.path.join(self.blurred_root, item_id))
-        if sharp.shape != blurred.shape:
-            raise UnreadableImage(f"sharp {sharp.shape} and blurred {blurred.shape} frames differ in shape")
-        return sharp, blurred
+        return self._pair(load_image(os.path.join(self.sharp_root, item_id)),
+                          load_image(os.path.join(self.blurred_root, item_id)))
+
+
+def _tfds_records(name: str, data_dir: str, split_name: str, image_keys: dict[str, str]):
+    """Random access to the records of a prepared split; `image_keys` ({config key: feature}) stay encoded."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    features = builder.info.features
+    for config_key, feature in image_keys.items():
+        if feature not in features:
+            raise ValueError(f"data config: source.{config_key}={feature!r} is not a feature of {name!r}; "
+                             f"its features: {sorted(features)}")
+    try:
+        return builder.as_data_source(split=split_name, decoders={
+            feature: tfds.decode.SkipDecoding() for feature in image_keys.values()})
+    except NotImplementedError as error:
+        raise ValueError(f"data config: source.tfds_name={name!r} is stored in a format without random access "
+                         f"({error}); prepare it with file_format='array_record'") from error
 
 
 class TfdsSource(Source):
     """A prepared TFDS split with random access; the image feature is decoded like any file."""
 
     def __init__(self, name: str, data_dir: str, split_name: str, image_key: str):
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(name, data_dir=data_dir or None)
-        try:
-            self._records = builder.as_data_source(split=split_name, decoders={image_key: tfds.decode.SkipDecoding()})
-        except NotImplementedError as error:
-            raise ValueError(f"data config: source.tfds_name={name!r} is stored in a format without random access "
-                             f"({error}); prepare it with file_format='array_record'") from error
+        self._records = _tfds_records(name, data_dir, split_name, {"tfds_image_key": image_key})
         super().__init__([str(i) for i in range(len(self._records))])
         self.image_key = image_key
 
     def _load(self, item_id):
         encoded = self._records[int(item_id)][self.image_key]
         return decode_image(encoded), None
+
+
+class PairedTfdsSource(PairedSource):
+    """A prepared TFDS split whose records hold a sharp frame (`image_key`) and its real blurred frame
+    (`blurred_key`), e.g. REDS prepared by input_pipeline/datasets/reds.py."""
+
+    def __init__(self, name: str, data_dir: str, split_name: str, image_key: str, blurred_key: str):
+        self._records = _tfds_records(name, data_dir, split_name,
+                                      {"tfds_image_key": image_key, "tfds_blurred_key": blurred_key})
+        super().__init__([str(i) for i in range(len(self._records))])
+        self.image_key, self.blurred_key = image_key, blurred_key
+
+    def _load(self, item_id):
+        record = self._records[int(item_id)]
+        return self._pair(decode_image(record[self.image_key]), decode_image(record[self.blurred_key]))
 
 
 def create_source(source_config: ml_collections.ConfigDict, split: str) -> Source:
@@ -149,12 +187,15 @@ def create_source(source_config: ml_collections.ConfigDict, split: str) -> Sourc
     elif kind == "folder":
         source = FolderSource(source_config.folder, split, source_config.heldout_per_mille)
     elif kind == "paired":
-        source = PairedSource(source_config.paired_source_folder, source_config.paired_target_folder, split,
-                              source_config.heldout_per_mille)
+        source = SharpBlurredFolderSource(source_config.paired_source_folder, source_config.paired_target_folder,
+                                          split, source_config.heldout_per_mille)
     else:
         split_name = source_config.tfds_train_split if split == "train" else source_config.tfds_heldout_split
-        source = TfdsSource(source_config.tfds_name, source_config.tfds_data_dir, split_name,
-                            source_config.tfds_image_key)
+        tfds_args = (source_config.tfds_name, source_config.tfds_data_dir, split_name, source_config.tfds_image_key)
+        if source_config.tfds_blurred_key:
+            source = PairedTfdsSource(*tfds_args, source_config.tfds_blurred_key)
+        else:
+            source = TfdsSource(*tfds_args)
     if not len(source):
         raise ValueError(f"data config: source.kind={kind!r} has no {split} images "
                          f"(check the folder / dataset and source.heldout_per_mille)")
