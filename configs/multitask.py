@@ -37,6 +37,7 @@ from __future__ import annotations
 import ml_collections
 
 from editdiff.diffusion.config import default_diffusion_config, default_sampler_config
+from editdiff.methods.multitask_edit import default_edit_config
 from editdiff.pretrained import default_pretrained_config
 from editdiff.train.config import default_train_config, eval_entry
 from input_pipeline.config import TASKS, default_data_config
@@ -68,6 +69,9 @@ def _base() -> ml_collections.ConfigDict:
     config.evals.samples = eval_entry("edit_grid", every=0)
     config.evals.tables = eval_entry("edit_tables", every=0)
 
+    # --mode=edit: photo(s), the edit, tiling (editdiff/methods/multitask_edit.py)
+    config.edit = default_edit_config()
+
     config.data = default_data_config()
     config.data.seed = config.get_ref("seed")
 
@@ -76,6 +80,12 @@ def _base() -> ml_collections.ConfigDict:
     config.model.patch_factor = 2
     config.model.conditioning = "cross_attention"  # | "concat" (Palette++)
     config.model.use_task_labels = True
+    # Beyond the paper (all off = its formulation; MultitaskModel's docstring): divide beta, sigma, lambda, mu by
+    # the upper ends of their configured ranges; the inpainting mask as an extra input channel; diffuse the
+    # residual z_B - z_A, so that doing nothing is the model's starting point.
+    config.model.normalise_strengths = False
+    config.model.mask_channel = False
+    config.model.residual = False
     config.model.mapping = ml_collections.ConfigDict(dict(depth=2, hidden_dim=256, num_tokens=4))
     # diffusers UNet2DConditionModel config keys; in/out channels and cross_attention_dim are derived.
     config.model.unet = _demo_unet()
@@ -96,11 +106,16 @@ def _demo(config: ml_collections.ConfigDict) -> None:
     config.diffusion.prediction_type = "sample"
     config.sampler.num_steps = 20
     config.sampler.blend_known_region = True
+    config.model.normalise_strengths = config.model.mask_channel = config.model.residual = True
+    # One blur direction: C carries the blur's strength but not its angle, so a random angle is not learnable
+    # from (source, C) and the model can only average over directions.
+    config.data.motion_blur.angle_mode = "fixed"
     t = config.train
     t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 5e-4, 100, "cosine"
     t.ema_decay = 0.99
     t.log_every, t.checkpoint_every = 100, 400
     config.evals.samples.every = 400
+    config.edit.tile_size = 128
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
@@ -113,6 +128,8 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32),
                              attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8)
     config.sampler.num_steps = 2
+    config.edit.tile_size, config.edit.tile_overlap = 16, 4
+    config.model.normalise_strengths = config.model.mask_channel = config.model.residual = True  # as the demo
     t = config.train
     t.num_steps, t.warmup_steps, t.log_every, t.checkpoint_every = 2, 0, 1, 1
     t.async_checkpointing = False

@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 
 from configs.multitask import get_config
-from editdiff.methods.multitask import MultitaskMethod
+from editdiff.methods.multitask import MultitaskMethod, strength_scales
 from editdiff.train import mesh as mesh_lib
 from editdiff.train import modes
 from editdiff.train.build import initial_model
@@ -81,12 +81,140 @@ def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
     mapping = load_torch_mapping_network(os.path.join(export_dir, "mapping"))
     nchw = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)  # noqa: E731
     with torch.no_grad():
-        torch_context = mapping(torch.from_numpy(np.array(batch["edit_vector"])))
+        spec = json.load(open(os.path.join(export_dir, "multitask.json")))
+        edit = torch.from_numpy(np.array(batch["edit_vector"]))
+        edit[:, :4] /= torch.tensor(spec["strength_scales"])  # C as the model reads it (multitask.json)
+        torch_context = mapping(edit)
         unet_input = torch.cat([nchw(z_t), nchw(conditions)], dim=1)
         prediction = unet(unet_input, torch.from_numpy(np.array(t)), torch_context).sample
     err = np.abs(prediction.permute(0, 2, 3, 1).numpy() - np.asarray(expected)).max()
     print(f"exported diffusers U-Net + torch mapping vs JAX noise prediction: max abs error {err:.2e}")
     assert err < 1e-4
+
+
+def _eval_batch(method, name):
+    return {k: jnp.asarray(v) for k, v in method.eval_sets()[name].items()}
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_exported_pytorch_editor_reproduces_the_jax_edit(trained_workdir, blend):
+    """MultitaskEditor (diffusers U-Net + DDIMScheduler, torch mapping) reads multitask.json's strength scales,
+    mask channel, residual and sampler and edits as the JAX sampler does from the same start noise."""
+    from editdiff.interop.multitask_torch import MultitaskEditor
+    from editdiff.train.build import load_trained_model
+
+    config = tiny()
+    config.sampler.blend_known_region = blend
+    modes.export(config, trained_workdir)
+    export_dir = os.path.join(trained_workdir, "export")
+    spec = json.load(open(os.path.join(export_dir, "multitask.json")))
+    method = MultitaskMethod(config)
+    assert spec["residual"] and spec["strength_scales"] == [1.0, 0.1, 3.0, 0.1] == list(strength_scales(config.data))
+    assert spec["sampler"]["blend_known_region"] is blend
+
+    model, _ = load_trained_model(config, trained_workdir, method, mesh_lib.create_mesh(config.mesh))
+    editor = MultitaskEditor.from_export(export_dir)
+    nchw = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)  # noqa: E731
+    for name in ("inpaint", "blur+grain+colour"):
+        batch = _eval_batch(method, name)
+        rng = jax.random.key(5)
+        expected = np.asarray(method.sample(model, batch, rng))
+        x_T = jax.random.normal(jax.random.split(rng)[0], (len(expected), 8, 8, model.autoencoder.latent_channels))
+        edited = editor(nchw(batch["source"]), nchw(batch["reference"]), nchw(batch["mask"]),
+                        torch.from_numpy(np.array(batch["edit_vector"])), nchw(x_T))
+        err = np.abs(edited.permute(0, 2, 3, 1).numpy() - expected).max()
+        print(f"{name} (blend_known_region={blend}): torch editor vs JAX sampler, max abs error {err:.2e}")
+        assert err < 1e-3
+
+
+def test_the_readmes_pytorch_edit_snippet_runs(trained_workdir, tmp_path, monkeypatch):
+    from PIL import Image
+    from skimage import data as skdata
+
+    modes.export(tiny(), trained_workdir)
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    snippet = re.search(r"```python\n(from|import)(.*?MultitaskEditor.*?)```", readme, re.S)
+    code = (snippet.group(1) + snippet.group(2)).replace("runs/demo/export", os.path.join(trained_workdir, "export"))
+    Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert np.asarray(Image.open(tmp_path / "edited.png")).shape == (64, 64, 3)
+
+
+def test_strengths_are_divided_by_the_upper_ends_of_their_ranges():
+    config = tiny()
+    model = MultitaskMethod(config).init_model(nnx.Rngs(0))
+    edit = jnp.array([[0.5, 0.05, 2.0, 0.02, 1, 1, 0, 0, 1]], jnp.float32)
+    np.testing.assert_allclose(model.edit_input(edit), [[0.5, 0.5, 2 / 3, 0.2, 1, 1, 0, 0, 1]], rtol=1e-6)
+    config.model.use_task_labels = False
+    assert MultitaskMethod(config).init_model(nnx.Rngs(0)).edit_input(edit).shape == (1, 4)
+
+
+def test_residual_formulation_starts_from_doing_nothing():
+    """With config.model.residual, a denoiser that predicts a zero residual returns the source exactly, and the
+    loss's target is z_B - z_A."""
+    config = tiny()
+    config.diffusion.prediction_type = "sample"
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))
+    batch = _eval_batch(method, "blur")
+    model.denoise = lambda z, t, conditions, context: jnp.zeros_like(z)
+    edited = method.sample(model, batch, jax.random.key(0))
+    np.testing.assert_allclose(edited, batch["source"], atol=1e-6)
+    conditions, _ = model.conditions(batch)
+    assert conditions.shape[-1] == 12 + 3 + 1  # source latent, reference, mask channel
+    np.testing.assert_allclose(conditions[..., -1:], 1.0)  # nothing masked in the blur set
+
+
+def test_edit_mode_writes_edits_at_the_inputs_resolution(trained_workdir, tmp_path):
+    """Two different edits of a 40x28 photo (larger than the 16 px tiles: tiled and stitched), written at
+    40x28; an image folder with an unreadable file skips it."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(skdata.astronaut()[::12, ::12][:28, :40]).save(photo)
+    reference = tmp_path / "reference.png"
+    Image.fromarray(skdata.coffee()[::20, ::20]).save(reference)
+    outputs = {}
+    for label, overrides in {"blur": dict(blur=0.5), "colour_grain": dict(reference=str(reference), grain=0.05)}.items():
+        config = tiny()
+        config.edit.update(input=str(photo), output=str(tmp_path / label), **overrides)
+        written = modes.edit(config, trained_workdir)["written"]
+        edited = tmp_path / label / "edited" / "photo.png"
+        assert str(edited) in written
+        outputs[label] = np.asarray(Image.open(edited))
+        assert outputs[label].shape == (28, 40, 3)
+    assert np.abs(outputs["blur"].astype(int) - outputs["colour_grain"]).mean() > 0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("blur", -0.2, "config.edit.blur = -0.2 is invalid; allowed: a number in [0, 1]"),
+    ("reference", "missing.png", "config.edit.reference = 'missing.png' is invalid; allowed: '' (off) or an "
+                                 "existing image file"),
+    ("grain", 0.5, "config.edit.grain = 0.5 is invalid; allowed: a number in [0, 0.1]"),
+])
+def test_bad_edit_values_are_errors_naming_the_key(trained_workdir, tmp_path, key, value, message):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    config = tiny()
+    config.edit.input = str(photo)
+    config.edit[key] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        modes.edit(config, trained_workdir)
+
+
+def test_an_edit_with_nothing_on_is_an_error(trained_workdir, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    config = tiny()
+    config.edit.input = str(photo)
+    with pytest.raises(ValueError, match="no edit is on"):
+        modes.edit(config, trained_workdir)
 
 
 @pytest.mark.parametrize("arg", ["tiny,palette", "tiny,no_labels,mapping_depth=3", "tiny,single=colour"])
@@ -160,6 +288,7 @@ def _sd15_tiny(pipeline_dir):
     config.pretrained.root = str(pipeline_dir)
     config.model.autoencoder = "vae"
     config.model.unet = {}
+    config.model.normalise_strengths = config.model.mask_channel = config.model.residual = False  # the paper's
     return config
 
 

@@ -37,11 +37,13 @@ from editdiff.diffusion.parameterisation import q_sample
 from editdiff.diffusion.schedules import schedule_from_config
 from editdiff.heads.mapping import MappingNetwork
 from editdiff.methods import latents as latents_lib
+from editdiff.methods import multitask_edit
 from editdiff.methods.base import Batch, Evaluator, FlatState, Method
 from editdiff.methods.reports import ModelFunction, labelled_grid, write_grid, write_scores
 from editdiff.nn.patch_autoencoder import PatchAutoencoder
 from editdiff.nn.unet import UNet2DConditionModel, UNetConfig
 from editdiff.pretrained import pretrained_path, pretrained_section
+from eval import grain as grain_metrics
 from eval import metrics as pixel_metrics
 from input_pipeline.config import data_problems, default_data_config
 
@@ -57,6 +59,9 @@ _MODEL_CHECKS = {
     "patch_factor": checks.int_at_least(1),
     "conditioning": checks.one_of(CONDITIONINGS),
     "use_task_labels": checks.BOOLEAN,
+    "normalise_strengths": checks.BOOLEAN,
+    "mask_channel": checks.BOOLEAN,
+    "residual": checks.BOOLEAN,
     "mapping": checks.ANY,
     "unet": checks.ANY,
 }
@@ -102,6 +107,14 @@ def _vae_config(config: ml_collections.ConfigDict):
     return VAEConfig.from_diffusers(read_config(pretrained_path(config, "vae")))
 
 
+def strength_scales(data: ml_collections.ConfigDict) -> tuple[float, float, float, float]:
+    """The divisors of beta, sigma, lambda, mu with config.model.normalise_strengths: the upper ends of their
+    configured ranges (config.data), 1 where a range is [0, 0] (the strength is then always 0)."""
+    highs = (data.motion_blur.beta_range[1], max(data.film_grain.radii), data.sharpen.amount_range[1],
+             data.sharpen.threshold_range[1])
+    return tuple(float(high) if high > 0 else 1.0 for high in highs)
+
+
 def _write_json(path: str, content: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -109,29 +122,58 @@ def _write_json(path: str, content: dict) -> None:
 
 
 class MultitaskModel(latents_lib.LatentModel):
-    """Autoencoder (frozen), denoising U-Net and mapping network f_theta (None for Palette++)."""
+    """Autoencoder (frozen), denoising U-Net and mapping network f_theta (None for Palette++).
+
+    Three input choices beyond the paper (config.model; all off in `sd15`, on in `demo`):
+    `strength_scales` (4,) divides beta, sigma, lambda, mu by the upper ends of their configured ranges, so every
+    scalar of C lies in [0, 1] (the raw ones span [0, 0.1] to [1, 3]); `mask_channel` appends the inpainting
+    mask at the latent size (the kept fraction of each f x f cell, 1 = keep) to the image conditions;
+    `residual` diffuses z_B - z_A instead of z_B, so that the zero residual — doing nothing — is where the model
+    starts, and the edit is z_A + the sampled residual.
+    """
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
-                 *, use_task_labels: bool):
+                 *, use_task_labels: bool, strength_scales: tuple[float, ...] | None = None,
+                 mask_channel: bool = False, residual: bool = False):
         self.autoencoder = autoencoder
         self.unet = unet
         self.mapping = mapping
         self.use_task_labels = use_task_labels
+        self.strength_scales = strength_scales
+        self.mask_channel = mask_channel
+        self.residual = residual
+
+    def edit_input(self, edit_vector: jax.Array) -> jax.Array:
+        """C as the model reads it: (B, 9) -> (B, edit_dim), float32 — the task labels dropped in the no_labels
+        ablation, the four strengths divided by `strength_scales` when set."""
+        edit = edit_vector.astype(jnp.float32)
+        if self.strength_scales is not None:
+            edit = edit.at[:, :NUM_STRENGTHS].divide(jnp.asarray(self.strength_scales, jnp.float32))
+        return edit if self.use_task_labels else edit[:, :NUM_STRENGTHS]
 
     def conditions(self, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
-        """The image conditions concatenated to z_t (B, h, w, c) and the cross-attention context (or None)."""
+        """The image conditions concatenated to z_t (B, h, w, c) — source latent, colour reference, mask (with
+        `mask_channel`), C (Palette++) — and the cross-attention context (or None)."""
         source_latent = self.encode(batch["source"])
         b, h, w, _ = source_latent.shape
         reference = jax.image.resize(batch["reference"].astype(jnp.float32), (b, h, w, 3), "linear",
                                      antialias=True)
-        edit = batch["edit_vector"].astype(jnp.float32)
-        if not self.use_task_labels:
-            edit = edit[:, :NUM_STRENGTHS]
+        edit = self.edit_input(batch["edit_vector"])
         concat = [source_latent, reference]
+        if self.mask_channel:
+            f = self.autoencoder.downsample_factor
+            mask = batch["mask"].astype(jnp.float32).reshape(b, h, f, w, f, 1)
+            concat.append(jnp.mean(mask, axis=(2, 4)))
         if self.mapping is None:  # Palette++: C expanded to the latent size
             concat.append(jnp.broadcast_to(edit[:, None, None, :], (b, h, w, edit.shape[-1])))
             return jnp.concatenate(concat, axis=-1), None
         return jnp.concatenate(concat, axis=-1), self.mapping(edit)
+
+    def diffusion_origin(self, image_conditions: jax.Array) -> jax.Array:
+        """What the diffused latent is measured from: z_A with `residual` (the model diffuses z_B - z_A), else 0.
+        (B, h, w, C) float32."""
+        source_latent = image_conditions[..., :self.autoencoder.latent_channels]
+        return source_latent if self.residual else jnp.zeros_like(source_latent)
 
     def denoise(self, noisy_latent: jax.Array, t: jax.Array, image_conditions: jax.Array,
                 context: jax.Array | None) -> jax.Array:
@@ -155,6 +197,7 @@ class MultitaskMethod(Method):
         self.schedule = schedule_from_config(config.diffusion)
         self.dtype = jnp.dtype(config.compute_dtype)
         self.edit_dim = EDIT_VECTOR_SIZE if config.model.use_task_labels else NUM_STRENGTHS
+        self._edit_sampler: ModelFunction | None = None
 
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
@@ -169,6 +212,7 @@ class MultitaskMethod(Method):
             sampler_section(),
             *checks.closed_like("data", default_data_config(), rules=(lambda c: data_problems(c.data),)),
             pretrained_section(),
+            multitask_edit.edit_section(),
             checks.Section("", {}, closed=False, rules=(_model_rules,)),
         ]
 
@@ -182,7 +226,8 @@ class MultitaskMethod(Method):
     def _unet_config(self, latent_channels: int) -> UNetConfig:
         model_config = self.config.model
         concat = model_config.conditioning == "concat"
-        in_channels = 2 * latent_channels + 3 + (self.edit_dim if concat else 0)
+        in_channels = (2 * latent_channels + 3 + int(model_config.mask_channel)
+                       + (self.edit_dim if concat else 0))
         if not model_config.unet:  # the pretrained U-Net's architecture, conv_in widened (pretrained_state)
             from editdiff.interop.torch_io import read_config
 
@@ -207,7 +252,10 @@ class MultitaskMethod(Method):
             mapping = MappingNetwork(self.edit_dim, unet.config.cross_attention_dim,
                                      depth=model_config.mapping.depth, hidden_dim=model_config.mapping.hidden_dim,
                                      num_tokens=model_config.mapping.num_tokens, rngs=rngs, dtype=self.dtype)
-        return MultitaskModel(autoencoder, unet, mapping, use_task_labels=model_config.use_task_labels)
+        scales = strength_scales(self.config.data) if model_config.normalise_strengths else None
+        return MultitaskModel(autoencoder, unet, mapping, use_task_labels=model_config.use_task_labels,
+                              strength_scales=scales, mask_channel=model_config.mask_channel,
+                              residual=model_config.residual)
 
     def pretrained_state(self) -> FlatState:
         """The SD VAE (frozen) and U-Net (fine-tuned) from config.pretrained. The U-Net's conv_in gets zero
@@ -246,8 +294,8 @@ class MultitaskMethod(Method):
 
     def loss(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         t_key, noise_key = jax.random.split(rng)
-        target_latent = model.encode(batch["target"])
         image_conditions, context = model.conditions(batch)
+        target_latent = model.encode(batch["target"]) - model.diffusion_origin(image_conditions)
         t = sample_timesteps(t_key, target_latent.shape[0], self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_key, target_latent.shape, jnp.float32)
         noisy = q_sample(self.schedule, target_latent, t, noise)
@@ -267,11 +315,12 @@ class MultitaskMethod(Method):
 
         s = self.config.sampler
         settings = sampler_settings(s)
-        if s.blend_known_region:
+        origin = model.diffusion_origin(image_conditions)
+        if s.blend_known_region:  # outside the hole the diffused latent is known: z_A - origin
             source_latent = image_conditions[..., :model.autoencoder.latent_channels]
-            settings |= dict(known_latent=source_latent, known_mask=self._known_latent_mask(model, batch))
+            settings |= dict(known_latent=source_latent - origin, known_mask=self._known_latent_mask(model, batch))
         latents = samplers.sampler_by_name(s.name)(model_fn, self.schedule, x_T, step_key, **settings)
-        return model.decode(latents)
+        return model.decode(origin + latents)
 
     @staticmethod
     def _known_latent_mask(model: MultitaskModel, batch: Batch) -> jax.Array:
@@ -295,6 +344,14 @@ class MultitaskMethod(Method):
         edits = _EditedEvalSets(self, self.eval_sets(), seed=self.config.seed)
         kinds = {"edit_grid": EditGrid, "edit_tables": EditTables}
         return [kinds[entry.kind](name, entry.every, edits) for name, entry in self.config.evals.items()]
+
+    def edit(self, model: MultitaskModel, image: np.ndarray) -> dict[str, np.ndarray]:
+        """config.edit's edit of `image` (H, W, 3) at its own resolution (`multitask_edit`)."""
+        if self._edit_sampler is None:
+            self._edit_sampler = ModelFunction(self.sample)
+        unet = model.unet.config
+        multiple = model.autoencoder.downsample_factor * 2 ** (len(unet.block_out_channels) - 1)
+        return multitask_edit.edit_photo(self._edit_sampler, model, image, self.config.edit, self.config.data, multiple)
 
     def export(self, model: MultitaskModel, directory: str) -> list[str]:
         """`unet/` (diffusers UNet2DConditionModel), `vae/` (AutoencoderKL, when pretrained), `mapping/`
@@ -323,11 +380,18 @@ class MultitaskMethod(Method):
             "method": "multitask",
             "autoencoder": autoencoder,
             "scaling_factor": float(model.autoencoder.scaling_factor),
-            "unet_input": ["noisy target latent", "source latent (scaled)",
+            "unet_input": ["noisy latent", "source latent (scaled)",
                            "colour reference, RGB in [-1, 1], resized to the latent size (bilinear, antialiased)"]
+                          + (["inpainting mask, the kept fraction of each latent cell (f x f average)"]
+                             if model.mask_channel else [])
                           + (["edit vector broadcast over the latent grid"] if model.mapping is None else []),
             "edit_vector": list(EDIT_VECTOR_NAMES[:self.edit_dim]),
+            # C as the model reads it: the first four entries (beta, sigma, lambda, mu) divided by these
+            "strength_scales": list(model.strength_scales) if model.strength_scales else [1.0] * NUM_STRENGTHS,
             "context": "mapping(edit_vector)" if model.mapping is not None else None,
+            # true: the sampled latent is z_B - z_A; the edited latent is the source latent plus the sample
+            "residual": model.residual,
+            "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region")},
         })
         return written
 
@@ -346,6 +410,9 @@ METRICS = (
     ("L1", pixel_metrics.l1, False),
     ("PSNR", lambda p, t: pixel_metrics.psnr(p, t, 1.0), True),
     ("SSIM", lambda p, t: pixel_metrics.ssim(p, t, 1.0), True),
+    # One grain realisation cannot be matched pixel for pixel: its amplitude and the picture beneath it can.
+    ("HP std error", grain_metrics.highpass_std_error, False),
+    ("LP L1", grain_metrics.lowpass_l1, False),
 )
 DO_NOTHING, MODEL = "do-nothing", "model"
 
@@ -407,26 +474,39 @@ class EditGrid(Evaluator):
 
 
 class EditTables(Evaluator):
-    """L1 / PSNR / SSIM of the edited images against the targets, per set, beside the do-nothing arm (the
-    source itself), on [0, 1] images; written as the paper's Tables 2-3 (single tasks, combinations)."""
+    """L1 / PSNR / SSIM and the grain statistics (`eval.grain`: high-pass std error, low-pass L1) of the edited
+    images against the targets, per set, beside the do-nothing arm (the source itself), on [0, 1] images;
+    written as the paper's Tables 2-3 (single tasks, combinations)."""
 
     def __init__(self, name: str, every: int, edits: _EditedEvalSets):
         super().__init__(name, every)
         self.edits = edits
 
     def __call__(self, model, step, workdir, writer) -> dict:
-        edited = self.edits.edited(model, step)
-        scores = {}
-        for name, batch in self.edits.eval_sets.items():
-            target = _to_unit(batch["target"])
-            arms = {MODEL: _to_unit(edited[name]), DO_NOTHING: _to_unit(batch["source"])}
-            scores[name] = {arm: {metric: float(jnp.mean(fn(images, target))) for metric, fn, _ in METRICS}
-                            for arm, images in arms.items()}
-        groups = (("Single tasks", [n for n in scores if "+" not in n]),
-                  ("Combinations of tasks", [n for n in scores if "+" in n]))
-        write_scores(workdir, step, scores, higher_is_better={m: higher for m, _, higher in METRICS},
-                     writer=writer, groups=groups)
+        scores = edit_scores({MODEL: self.edits.edited(model, step)}, self.edits.eval_sets)
+        write_edit_scores(workdir, step, scores, writer=writer)
         return scores
+
+
+def edit_scores(edited: Mapping[str, Mapping[str, np.ndarray]],
+                eval_sets: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
+    """{set: {arm: {metric: mean}}} of each arm's edited images {arm: {set: (N, H, W, 3) in [-1, 1]}} against
+    the sets' targets, with the do-nothing arm (the source itself) last."""
+    scores = {}
+    for name, batch in eval_sets.items():
+        target = _to_unit(batch["target"])
+        arms = {**{arm: _to_unit(images[name]) for arm, images in edited.items()}, DO_NOTHING: _to_unit(batch["source"])}
+        scores[name] = {arm: {metric: float(jnp.mean(fn(images, target))) for metric, fn, _ in METRICS}
+                        for arm, images in arms.items()}
+    return scores
+
+
+def write_edit_scores(workdir: str, step: int, scores: dict, *, writer=None) -> str:
+    """`WORKDIR/eval/step_N.{json,md}` in the paper's Tables 2-3 shape: single tasks, then combinations."""
+    groups = (("Single tasks", [n for n in scores if "+" not in n]),
+              ("Combinations of tasks", [n for n in scores if "+" in n]))
+    return write_scores(workdir, step, scores, higher_is_better={m: higher for m, _, higher in METRICS},
+                        writer=writer, groups=groups)
 
 
 METHOD = MultitaskMethod
