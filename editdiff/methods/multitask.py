@@ -115,6 +115,14 @@ def strength_scales(data: ml_collections.ConfigDict) -> tuple[float, float, floa
     return tuple(float(high) if high > 0 else 1.0 for high in highs)
 
 
+def scaled_edit_vector(edit_vector: jax.Array, scales: tuple[float, ...] | None) -> jax.Array:
+    """C (B, 9) float32 with its four strengths divided by `scales` (`strength_scales`; None: unchanged)."""
+    edit = edit_vector.astype(jnp.float32)
+    if scales is None:
+        return edit
+    return edit.at[:, :NUM_STRENGTHS].divide(jnp.asarray(scales, jnp.float32))
+
+
 def _write_json(path: str, content: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -144,11 +152,9 @@ class MultitaskModel(latents_lib.LatentModel):
         self.residual = residual
 
     def edit_input(self, edit_vector: jax.Array) -> jax.Array:
-        """C as the model reads it: (B, 9) -> (B, edit_dim), float32 — the task labels dropped in the no_labels
-        ablation, the four strengths divided by `strength_scales` when set."""
-        edit = edit_vector.astype(jnp.float32)
-        if self.strength_scales is not None:
-            edit = edit.at[:, :NUM_STRENGTHS].divide(jnp.asarray(self.strength_scales, jnp.float32))
+        """C as the model reads it (`scaled_edit_vector`), the task labels dropped in the no_labels ablation:
+        (B, 9) -> (B, edit_dim)."""
+        edit = scaled_edit_vector(edit_vector, self.strength_scales)
         return edit if self.use_task_labels else edit[:, :NUM_STRENGTHS]
 
     def conditions(self, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
