@@ -1,0 +1,1 @@
+"""Studies: one command that trains and compares a paper's arms on the same data and budget."""
