@@ -3,15 +3,26 @@
 Presets, chosen after the colon; modifiers (the paper's comparison arms) follow after commas:
 
   demo (the default) — bundled scikit-image photos, 64 px crops, the parameter-free patch autoencoder, a small
-      U-Net; trains, samples and evaluates on a 2-core laptop CPU in about 15 minutes:
+      U-Net predicting x0, 1000 steps; trains, samples and evaluates on a 2-core laptop CPU:
 
         python main.py --config configs/multitask.py --workdir runs/demo
 
-      Expect (measured 2026-11-22, 2 cores, 899 s wall): `runs/demo/eval/step_0000800.md` where the model beats
-      the do-nothing baseline on colour transfer (L1 0.124 vs 0.172) and inpainting (L1 0.028 vs 0.035, with
-      `sampler.blend_known_region`), and on three of the four combinations; on the subtle single edits (blur,
-      grain, sharpening) the untouched source is still closer after 800 CPU steps. Sample grids in
-      `runs/demo/samples/`.
+      Beyond the paper (each a config value; `sd15` keeps the paper's formulation): the strengths of C divided
+      by the upper ends of their ranges (model.normalise_strengths), the inpainting mask as an input channel
+      (model.mask_channel), one blur direction (data.motion_blur.angle_mode = "fixed": C has no angle), x0
+      prediction, known-region blending for pure inpainting. The residual formulation (model.residual) is
+      off: at CPU budgets it collapsed to doing nothing (benchmarks/RESULTS.md, issue 14 item 1).
+
+      Expect (measured 2026-12-02, 2 idle cores, 16 min 4 s wall, an empty compilation cache, 1.3 steps/s,
+      peak RSS 3.0 GB): `runs/demo/eval/step_0001000.md` where the model beats the do-nothing baseline on
+      colour transfer (L1 0.110 vs 0.172), inpainting (L1 0.018 vs 0.035) and the three combinations with
+      colour (L1 0.104-0.108 vs 0.171-0.174); it loses on blur (0.036 vs 0.011), sharpening (0.051 vs 0.011),
+      grain (0.036 vs 0.020; high-pass std error 0.005 vs 0.016: its grain is too smooth) and blur+grain — its
+      reconstruction of the untouched photo is still soft (low-pass L1 0.027 where the source has 0.002).
+      Sample grids in `runs/demo/samples/`. Then edit your own photo at its resolution:
+
+        python main.py --config configs/multitask.py --workdir runs/demo --mode=edit \\
+            --config.edit.input=photo.png --config.edit.blur=0.6
 
   sd15 — the paper's setup: SD-1.x VAE and U-Net from a local diffusers pipeline directory (subfolders `vae/`
       and `unet/`), 256 px crops, batch 12, 45K steps, L1 loss; the U-Net's conv_in is widened with zero
@@ -19,7 +30,8 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
 
         python main.py --config configs/multitask.py:sd15 --config.pretrained.root=/path/to/sd15 --workdir runs/sd15
 
-  tiny — for tests and smoke runs: 16 px crops, a very small U-Net, two steps.
+  tiny — for tests and smoke runs: 16 px crops, a very small U-Net, two steps; every input choice on (the
+      residual formulation too), so that the tests run each path.
 
 Modifiers, e.g. `configs/multitask.py:sd15,palette`:
 
@@ -86,6 +98,7 @@ def _base() -> ml_collections.ConfigDict:
     config.model.normalise_strengths = False
     config.model.mask_channel = False
     config.model.residual = False
+    config.model.residual_scale = 1.0  # k: the model diffuses k (z_B - z_A)
     config.model.mapping = ml_collections.ConfigDict(dict(depth=2, hidden_dim=256, num_tokens=4))
     # diffusers UNet2DConditionModel config keys; in/out channels and cross_attention_dim are derived.
     config.model.unet = _demo_unet()
@@ -106,15 +119,15 @@ def _demo(config: ml_collections.ConfigDict) -> None:
     config.diffusion.prediction_type = "sample"
     config.sampler.num_steps = 20
     config.sampler.blend_known_region = True
-    config.model.normalise_strengths = config.model.mask_channel = config.model.residual = True
+    config.model.normalise_strengths = config.model.mask_channel = True
     # One blur direction: C carries the blur's strength but not its angle, so a random angle is not learnable
     # from (source, C) and the model can only average over directions.
     config.data.motion_blur.angle_mode = "fixed"
     t = config.train
-    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 5e-4, 100, "cosine"
+    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 1000, 5e-4, 100, "cosine"
     t.ema_decay = 0.99
-    t.log_every, t.checkpoint_every = 100, 400
-    config.evals.samples.every = 400
+    t.log_every, t.checkpoint_every = 100, 500
+    config.evals.samples.every = 500
     config.edit.tile_size = 128
 
 
@@ -129,7 +142,8 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
                              attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8)
     config.sampler.num_steps = 2
     config.edit.tile_size, config.edit.tile_overlap = 16, 4
-    config.model.normalise_strengths = config.model.mask_channel = config.model.residual = True  # as the demo
+    # every input choice on, so that the tests run each path (the export, the PyTorch editor)
+    config.model.normalise_strengths = config.model.mask_channel = config.model.residual = True
     t = config.train
     t.num_steps, t.warmup_steps, t.log_every, t.checkpoint_every = 2, 0, 1, 1
     t.async_checkpointing = False

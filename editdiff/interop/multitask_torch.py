@@ -121,12 +121,13 @@ class MultitaskEditor:
         if sampler["name"] != "ddim" or sampler["eta"]:
             raise ValueError(f"MultitaskEditor samples with deterministic DDIM; the export was made with {sampler}")
         conditions, context = self.conditions(source, reference, mask, edit_vector)
-        origin = conditions[:, :noise.shape[1]] if self.spec["residual"] else torch.zeros_like(noise)
+        source_latent = conditions[:, :noise.shape[1]]
+        scale = self.spec["residual_scale"] if self.spec["residual"] else None
         scheduler = self.scheduler
         scheduler.set_timesteps(sampler["num_steps"])
         known = None
         if sampler["blend_known_region"]:
-            known = (conditions[:, :noise.shape[1]] - origin, self._known_mask(mask, edit_vector))
+            known = (torch.zeros_like(source_latent) if scale else source_latent, self._known_mask(mask, edit_vector))
         stride = scheduler.config.num_train_timesteps // sampler["num_steps"]
         z = noise
         for t in scheduler.timesteps:
@@ -137,4 +138,5 @@ class MultitaskEditor:
                 a_bar = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
                 noisy = a_bar.sqrt() * known[0] + (1.0 - a_bar).sqrt() * noise
                 z = known[1] * noisy + (1.0 - known[1]) * z
-        return self.autoencoder.decode(origin + z).clamp(-1.0, 1.0)
+        edited = source_latent + z / scale if scale else z  # residual: z = k (z_B - z_A)
+        return self.autoencoder.decode(edited).clamp(-1.0, 1.0)

@@ -62,6 +62,7 @@ _MODEL_CHECKS = {
     "normalise_strengths": checks.BOOLEAN,
     "mask_channel": checks.BOOLEAN,
     "residual": checks.BOOLEAN,
+    "residual_scale": checks.number_above(0),
     "mapping": checks.ANY,
     "unet": checks.ANY,
 }
@@ -136,13 +137,13 @@ class MultitaskModel(latents_lib.LatentModel):
     `strength_scales` (4,) divides beta, sigma, lambda, mu by the upper ends of their configured ranges, so every
     scalar of C lies in [0, 1] (the raw ones span [0, 0.1] to [1, 3]); `mask_channel` appends the inpainting
     mask at the latent size (the kept fraction of each f x f cell, 1 = keep) to the image conditions;
-    `residual` diffuses z_B - z_A instead of z_B, so that the zero residual — doing nothing — is where the model
-    starts, and the edit is z_A + the sampled residual.
+    `residual` diffuses k (z_B - z_A) instead of z_B (k = `residual_scale`), so that the zero residual — doing
+    nothing — is where the model starts, and the edit is z_A + the sampled residual / k.
     """
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
                  *, use_task_labels: bool, strength_scales: tuple[float, ...] | None = None,
-                 mask_channel: bool = False, residual: bool = False):
+                 mask_channel: bool = False, residual: bool = False, residual_scale: float = 1.0):
         self.autoencoder = autoencoder
         self.unet = unet
         self.mapping = mapping
@@ -150,6 +151,7 @@ class MultitaskModel(latents_lib.LatentModel):
         self.strength_scales = strength_scales
         self.mask_channel = mask_channel
         self.residual = residual
+        self.residual_scale = residual_scale
 
     def edit_input(self, edit_vector: jax.Array) -> jax.Array:
         """C as the model reads it (`scaled_edit_vector`), the task labels dropped in the no_labels ablation:
@@ -175,11 +177,17 @@ class MultitaskModel(latents_lib.LatentModel):
             return jnp.concatenate(concat, axis=-1), None
         return jnp.concatenate(concat, axis=-1), self.mapping(edit)
 
-    def diffusion_origin(self, image_conditions: jax.Array) -> jax.Array:
-        """What the diffused latent is measured from: z_A with `residual` (the model diffuses z_B - z_A), else 0.
-        (B, h, w, C) float32."""
-        source_latent = image_conditions[..., :self.autoencoder.latent_channels]
-        return source_latent if self.residual else jnp.zeros_like(source_latent)
+    def diffused_latent(self, target_latent: jax.Array, image_conditions: jax.Array) -> jax.Array:
+        """The latent the model diffuses: k (z_B - z_A) with `residual`, else z_B. (B, h, w, C) float32."""
+        if not self.residual:
+            return target_latent
+        return self.residual_scale * (target_latent - image_conditions[..., :self.autoencoder.latent_channels])
+
+    def edited_latent(self, diffused: jax.Array, image_conditions: jax.Array) -> jax.Array:
+        """The inverse of `diffused_latent`: z_A + x / k with `residual`, else x. (B, h, w, C) float32."""
+        if not self.residual:
+            return diffused
+        return image_conditions[..., :self.autoencoder.latent_channels] + diffused / self.residual_scale
 
     def denoise(self, noisy_latent: jax.Array, t: jax.Array, image_conditions: jax.Array,
                 context: jax.Array | None) -> jax.Array:
@@ -261,7 +269,7 @@ class MultitaskMethod(Method):
         scales = strength_scales(self.config.data) if model_config.normalise_strengths else None
         return MultitaskModel(autoencoder, unet, mapping, use_task_labels=model_config.use_task_labels,
                               strength_scales=scales, mask_channel=model_config.mask_channel,
-                              residual=model_config.residual)
+                              residual=model_config.residual, residual_scale=model_config.residual_scale)
 
     def pretrained_state(self) -> FlatState:
         """The SD VAE (frozen) and U-Net (fine-tuned) from config.pretrained. The U-Net's conv_in gets zero
@@ -301,7 +309,7 @@ class MultitaskMethod(Method):
     def loss(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         t_key, noise_key = jax.random.split(rng)
         image_conditions, context = model.conditions(batch)
-        target_latent = model.encode(batch["target"]) - model.diffusion_origin(image_conditions)
+        target_latent = model.diffused_latent(model.encode(batch["target"]), image_conditions)
         t = sample_timesteps(t_key, target_latent.shape[0], self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_key, target_latent.shape, jnp.float32)
         noisy = q_sample(self.schedule, target_latent, t, noise)
@@ -321,12 +329,12 @@ class MultitaskMethod(Method):
 
         s = self.config.sampler
         settings = sampler_settings(s)
-        origin = model.diffusion_origin(image_conditions)
-        if s.blend_known_region:  # outside the hole the diffused latent is known: z_A - origin
+        if s.blend_known_region:  # outside the hole the diffused latent is known: that of z_B = z_A
             source_latent = image_conditions[..., :model.autoencoder.latent_channels]
-            settings |= dict(known_latent=source_latent - origin, known_mask=self._known_latent_mask(model, batch))
+            settings |= dict(known_latent=model.diffused_latent(source_latent, image_conditions),
+                             known_mask=self._known_latent_mask(model, batch))
         latents = samplers.sampler_by_name(s.name)(model_fn, self.schedule, x_T, step_key, **settings)
-        return model.decode(origin + latents)
+        return model.decode(model.edited_latent(latents, image_conditions))
 
     @staticmethod
     def _known_latent_mask(model: MultitaskModel, batch: Batch) -> jax.Array:
@@ -395,8 +403,9 @@ class MultitaskMethod(Method):
             # C as the model reads it: the first four entries (beta, sigma, lambda, mu) divided by these
             "strength_scales": list(model.strength_scales) if model.strength_scales else [1.0] * NUM_STRENGTHS,
             "context": "mapping(edit_vector)" if model.mapping is not None else None,
-            # true: the sampled latent is z_B - z_A; the edited latent is the source latent plus the sample
+            # true: the sampled latent is k (z_B - z_A), k = residual_scale; the edit is z_A + sample / k
             "residual": model.residual,
+            "residual_scale": model.residual_scale,
             "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region")},
         })
         return written
