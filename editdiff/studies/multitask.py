@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging as absl_logging
 
 from configs import multitask as multitask_configs
 from configs import pix2pix as pix2pix_configs
@@ -128,11 +129,11 @@ def run_study(workdir: str, preset: str, *, num_steps: int | None = None, arms: 
     if unknown:
         raise ValueError(f"--arms {','.join(unknown)} is invalid; allowed: {', '.join(ARMS)}")
     reference = arm_config("ours", preset, num_steps)
-    for arm in arms:
-        tasks = TASKS if arm == "ours-single" else (None,)
-        for task in tasks:
-            arm_dir = os.path.join(workdir, "arms", arm, *([task] if task else []))
-            train_arm(arm_config(arm, preset, num_steps, task), arm_dir)
+    runs = [(arm, task) for arm in arms for task in (TASKS if arm == "ours-single" else (None,))]
+    for i, (arm, task) in enumerate(runs, start=1):
+        logging.info("study: run %d of %d: %s%s", i, len(runs), arm, f" ({task})" if task else "")
+        arm_dir = os.path.join(workdir, "arms", arm, *([task] if task else []))
+        train_arm(arm_config(arm, preset, num_steps, task), arm_dir)
 
     eval_sets = multitask.MultitaskMethod(reference).eval_sets()
     edited = {}
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_steps", type=int, default=None, help="the training budget of every arm")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)  # the trainer's progress (steps/s, ETA) and the study's
+    absl_logging.use_absl_handler()
     run_study(args.workdir, args.preset, num_steps=args.num_steps, arms=tuple(a for a in args.arms.split(",") if a))
 
 
