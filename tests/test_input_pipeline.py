@@ -22,12 +22,7 @@ def small_config(**overrides) -> ml_collections.ConfigDict:
     cfg.film_grain.monte_carlo_samples = 4
     cfg.eval.size = 2
     cfg.prefetch_batches = 0
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+    cfg.update_from_flattened_dict(overrides)
     validate_data_config(cfg)
     return cfg
 

@@ -97,12 +97,7 @@ def test_a_missing_layout_names_what_is_expected(tmp_path):
 
 def _config(data_dir, **overrides):
     cfg = default_data_config()
-    for key, value in {**reds.source_overrides(str(data_dir)), **overrides}.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+    cfg.update_from_flattened_dict({**reds.source_overrides(str(data_dir)), **overrides})
     validate_data_config(cfg)
     return cfg
 

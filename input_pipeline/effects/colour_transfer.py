@@ -10,7 +10,7 @@ pure black; a flat source channel (std 0) is shifted to the reference mean and k
 matrices are computed, not copied: the paper's printed LMS -> RGB matrix is off by up to 7e-3 in its last row.
 
 Cost (256 px): every 3 x 3 colour matrix is one `(pixels, 3) @ (3, 3)` matmul (tf.einsum's broadcast form of the
-same product cost ~13 ms a call on the loaded 2-core box); log10 and 10^x are ln and exp with the 1 / ln 10 and ln 10
+same product was the slow part of the former formulation); log10 and 10^x are ln and exp with the 1 / ln 10 and ln 10
 folded into the adjacent matrices; `colour_transfer` folds the per-channel statistics match (an affine map in
 l-alpha-beta) into the inverse matrix, so the source's l-alpha-beta goes through one matmul and one add on its
 way back; the statistics centre by BiasAdd. These change only the rounding (~1e-6; tests/test_effects.py compares

@@ -20,9 +20,8 @@ def convolve_reflect(image: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 def separable_valid(image: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
     """`(H, W, C)` filtered by the 1-D `taps` `(k,)` along both axes, no padding: `(H - k + 1, W - k + 1, C)`.
 
-    Two depthwise_conv2d passes (k x 1, then 1 x k) over all channels at once: for 7 taps at 256 px ~3x faster
-    than conv2d with a k x 1 kernel on one-channel planes, and ~2x faster than a weighted sum of k shifted
-    slices per axis (measured on the 2-core CPU box, 2026-12).
+    Two depthwise_conv2d passes (k x 1, then 1 x k) over all channels at once, instead of conv2d with a k x 1
+    kernel on one-channel planes (the unsharp mask's former form: 2.3x faster at 256 px, benchmarks/RESULTS.md).
     """
     channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]
     column = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), tf.stack([1, 1, channels, 1]))  # (k, 1, C, 1)

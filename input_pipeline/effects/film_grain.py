@@ -25,10 +25,10 @@ width (second moment m2 <= 0.0098 px^2 at r = 0.1) lowers the lag-0 covariance b
 F is Gaussian in the limit of many grains under the filter (4 pi sigma^2 lambda = 2.6 log(1 / (1 - u)) / r^2
 grains: ~180 at u = 0.5, r = 0.1); its skew near u = 0 or 1 at the largest radii is the one statistic not
 reproduced. Cost: two 7-tap separable filters and one normal draw per
-pixel: 2.5 ms per 64 px and 21 ms per 256 px RGB example on the loaded 2-core box (2026-12-01, load 3.4; the
-Monte-Carlo renderer at N = 32: 82 ms / 1.07 s; benchmarks/RESULTS.md); since 2026-12-02 the filters run as
-depthwise convolutions on the (H, W, C) image (`convolution.separable_valid`) with the margin replicated by
-concatenation instead of gathers (~1.3-1.6x faster again), the same output to float rounding (tests/test_effects.py).
+pixel, as depthwise convolutions on the (H, W, C) image (`convolution.separable_valid`) with the margin replicated
+by concatenation: 2.8 ms per 64 px and 11.7 ms per 256 px RGB example on the idle 2-core box
+(`benchmarks/input_pipeline.py --effects`, 2026-12-02, load 0.74; benchmarks/RESULTS.md), the same output to
+float rounding as the former shifted-slice form (tests/test_effects.py).
 
 Why not pre-rendered plates: the grain depends on the grey level per pixel, so plates would be needed per
 (radius, grey level) — 5 x 256 plates of >= 256^2 px rendered at 800 samples (hours at ~1.3 s per 64^2 px) — and

@@ -9,8 +9,8 @@ the kernel to the bounding box of its non-zero taps (1 x 1 at beta = 0, 1 x 21 f
 21 x 21 only for a full-length diagonal) and convolves all channels at once (depthwise_conv2d) with that box.
 Cropping away zero taps changes nothing but the summation order: the result equals the former
 `convolve_reflect(image, motion_blur_kernel(...))` (`effects.former.motion_blur`) to float rounding (~1e-7,
-tests/test_effects.py). At 256 px and training strengths (beta ~ U(0.1, 1), angle ~ U(0, pi)) it is ~5-8x faster
-than that full 21 x 21 conv2d on planes (`benchmarks/input_pipeline.py --effects`).
+tests/test_effects.py). At 256 px and training strengths (beta ~ U(0.1, 1), angle ~ U(0, pi)) it is 4.0x faster
+than that full 21 x 21 conv2d on planes (`benchmarks/input_pipeline.py --effects`, idle, benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ threshold = 255 mu), G_s a Gaussian of `blur_sigma` pixels. The result is clippe
 
 The blur (`convolution.separable_valid`: two 1-D depthwise_conv2d passes over all channels at once, on an image
 padded once on both axes) equals `convolve_reflect` by rows then by columns, its former form, to float rounding
-(tests/test_effects.py) and is ~3x faster at 256 px; the threshold is applied as a 0 / 1 factor, bit-identical to
-the tf.where select it replaces and ~2x faster (the whole effect ~2.5x; `effects.former.unsharp_mask`).
+(tests/test_effects.py); the threshold is applied as a 0 / 1 factor, bit-identical to the tf.where select it
+replaces. The whole effect is 2.3x faster at 256 px than `effects.former.unsharp_mask` (idle, benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
