@@ -99,6 +99,8 @@ def _base() -> ml_collections.ConfigDict:
     config.model.mask_channel = False
     config.model.residual = False
     config.model.residual_scale = 1.0  # k: the model diffuses k (z_B - z_A)
+    # x0_hat = z_A + UNet(...): the U-Net draws the edit, the source latent carries the photo (needs x_0 prediction)
+    config.model.source_skip = False
     config.model.mapping = ml_collections.ConfigDict(dict(depth=2, hidden_dim=256, num_tokens=4))
     # diffusers UNet2DConditionModel config keys; in/out channels and cross_attention_dim are derived.
     config.model.unet = _demo_unet()

@@ -166,6 +166,36 @@ def test_residual_formulation_starts_from_doing_nothing():
     np.testing.assert_allclose(conditions[..., -1:], 1.0)  # nothing masked in the blur set
 
 
+def test_source_skip_round_trips_through_the_export_and_starts_from_the_source(tmp_path):
+    """With config.model.source_skip the x_0 estimate is z_A + UNet(...): the exported PyTorch editor (reading
+    multitask.json) edits as the JAX sampler does, and a U-Net whose output is zero returns the source exactly."""
+    from editdiff.interop.multitask_torch import MultitaskEditor
+
+    config = tiny()
+    config.model.residual, config.model.source_skip = False, True
+    config.diffusion.prediction_type = "sample"
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))
+    batch = _eval_batch(method, "blur+grain+colour")
+    nchw = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)  # noqa: E731
+    rng = jax.random.key(5)
+    x_T = jax.random.normal(jax.random.split(rng)[0], (len(batch["source"]), 8, 8, model.autoencoder.latent_channels))
+    for zero_output in (False, True):
+        if zero_output:  # conv_out all zeros: the U-Net predicts no departure from the source
+            model.unet.conv_out.kernel[...] = jnp.zeros_like(model.unet.conv_out.kernel[...])
+            model.unet.conv_out.bias[...] = jnp.zeros_like(model.unet.conv_out.bias[...])
+        expected = np.asarray(method.sample(model, batch, rng))
+        method.export(model, str(tmp_path / f"export_{zero_output}"))
+        assert json.load(open(tmp_path / f"export_{zero_output}" / "multitask.json"))["source_skip"] is True
+        editor = MultitaskEditor.from_export(str(tmp_path / f"export_{zero_output}"))
+        edited = editor(nchw(batch["source"]), nchw(batch["reference"]), nchw(batch["mask"]),
+                        torch.from_numpy(np.array(batch["edit_vector"])), nchw(x_T)).permute(0, 2, 3, 1).numpy()
+        err = np.abs(edited - expected).max()
+        print(f"source skip, zero U-Net output {zero_output}: torch editor vs JAX sampler, max abs error {err:.2e}")
+        assert err < 1e-3
+    np.testing.assert_allclose(expected, np.clip(batch["source"], -1, 1), atol=1e-6)
+
+
 def test_edit_mode_writes_edits_at_the_inputs_resolution(trained_workdir, tmp_path):
     """Two different edits of a 40x28 photo (larger than the 16 px tiles: tiled and stitched), written at
     40x28; an image folder with an unreadable file skips it."""
@@ -237,6 +267,8 @@ def test_comparison_arms_build_and_give_a_finite_loss(arg):
     ("diffusion.loss", "l3", "config.diffusion.loss = 'l3' is invalid; allowed: one of 'l2', 'l1'"),
     ("data.crop_size", 17, "config.data.crop_size = 17 is invalid; allowed: a multiple of"),
     ("model.autoencoder", "vae", "needs config.pretrained"),
+    ("model.source_skip", True, "config.model.source_skip = True needs config.diffusion.prediction_type = "
+                                "'sample'"),
 ])
 def test_invalid_config_is_one_clear_error_before_anything_compiles(tmp_path, key, value, message):
     config = tiny()

@@ -1,6 +1,6 @@
 """The exported multitask model edited in PyTorch: diffusers' UNet2DConditionModel and DDIMScheduler, the torch
 mapping network, and the U-Net input assembled as the export's `multitask.json` records it (strength scales,
-mask channel, residual). The same edit as `--mode=edit` on the JAX model, for users who ship PyTorch:
+mask channel, residual, source skip). The same edit as `--mode=edit` on the JAX model, for users who ship PyTorch:
 
     from editdiff.interop.multitask_torch import MultitaskEditor
     editor = MultitaskEditor.from_export("runs/demo/export")
@@ -132,6 +132,8 @@ class MultitaskEditor:
         z = noise
         for t in scheduler.timesteps:
             prediction = self.unet(torch.cat([z, conditions], dim=1), t, context).sample
+            if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A
+                prediction = prediction + source_latent
             z = scheduler.step(prediction, t, z).prev_sample
             if known is not None:  # the known region re-noised to the level the step landed on
                 prev = int(t) - stride

@@ -63,6 +63,7 @@ _MODEL_CHECKS = {
     "mask_channel": checks.BOOLEAN,
     "residual": checks.BOOLEAN,
     "residual_scale": checks.number_above(0),
+    "source_skip": checks.BOOLEAN,
     "mapping": checks.ANY,
     "unet": checks.ANY,
 }
@@ -92,6 +93,13 @@ def _model_rules(config: ml_collections.ConfigDict) -> list[str]:
     if not config.model.unet and not pretrained_path(config, "unet"):
         problems.append("config.model.unet = {} (read the pretrained U-Net) needs config.pretrained.unet (or "
                         "config.pretrained.root with a unet/ subfolder)")
+    if config.model.source_skip and config.diffusion.prediction_type != "sample":
+        problems.append(f"config.model.source_skip = True needs config.diffusion.prediction_type = 'sample' (the "
+                        f"U-Net's output is added to z_A as an x_0 estimate); it is "
+                        f"{config.diffusion.prediction_type!r}")
+    if config.model.source_skip and config.model.residual:
+        problems.append("config.model.source_skip and config.model.residual are exclusive: the residual "
+                        "formulation already diffuses z_B - z_A; set one of them to False")
     factor = config.model.patch_factor
     if config.model.autoencoder == "vae" and pretrained_path(config, "vae"):
         factor = _vae_config(config).downsample_factor
@@ -138,12 +146,16 @@ class MultitaskModel(latents_lib.LatentModel):
     scalar of C lies in [0, 1] (the raw ones span [0, 0.1] to [1, 3]); `mask_channel` appends the inpainting
     mask at the latent size (the kept fraction of each f x f cell, 1 = keep) to the image conditions;
     `residual` diffuses k (z_B - z_A) instead of z_B (k = `residual_scale`), so that the zero residual — doing
-    nothing — is where the model starts, and the edit is z_A + the sampled residual / k.
+    nothing — is where the model starts, and the edit is z_A + the sampled residual / k; `source_skip` keeps
+    diffusing z_B but lets the U-Net predict only x_0's departure from the source, x0_hat = z_A + UNet(...):
+    the U-Net's last GroupNorm removes each example's mean and contrast from its features, so an x_0 it draws
+    alone carries the photo's levels only weakly (a tinted, soft reconstruction), where z_A carries them exactly.
     """
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
                  *, use_task_labels: bool, strength_scales: tuple[float, ...] | None = None,
-                 mask_channel: bool = False, residual: bool = False, residual_scale: float = 1.0):
+                 mask_channel: bool = False, residual: bool = False, residual_scale: float = 1.0,
+                 source_skip: bool = False):
         self.autoencoder = autoencoder
         self.unet = unet
         self.mapping = mapping
@@ -152,6 +164,7 @@ class MultitaskModel(latents_lib.LatentModel):
         self.mask_channel = mask_channel
         self.residual = residual
         self.residual_scale = residual_scale
+        self.source_skip = source_skip
 
     def edit_input(self, edit_vector: jax.Array) -> jax.Array:
         """C as the model reads it (`scaled_edit_vector`), the task labels dropped in the no_labels ablation:
@@ -191,9 +204,13 @@ class MultitaskModel(latents_lib.LatentModel):
 
     def denoise(self, noisy_latent: jax.Array, t: jax.Array, image_conditions: jax.Array,
                 context: jax.Array | None) -> jax.Array:
-        """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, conditions), float32 (B, h, w, C)."""
+        """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, conditions), float32 (B, h, w, C); with
+        `source_skip` the x_0 estimate z_A + UNet(...)."""
         unet_input = jnp.concatenate([noisy_latent, image_conditions], axis=-1)
-        return self.unet(unet_input, t, context).astype(jnp.float32)
+        prediction = self.unet(unet_input, t, context).astype(jnp.float32)
+        if self.source_skip:
+            prediction = prediction + image_conditions[..., :self.autoencoder.latent_channels]
+        return prediction
 
 
 def _flat_params(module: nnx.Module, prefix: tuple) -> dict[tuple, np.ndarray]:
@@ -269,7 +286,8 @@ class MultitaskMethod(Method):
         scales = strength_scales(self.config.data) if model_config.normalise_strengths else None
         return MultitaskModel(autoencoder, unet, mapping, use_task_labels=model_config.use_task_labels,
                               strength_scales=scales, mask_channel=model_config.mask_channel,
-                              residual=model_config.residual, residual_scale=model_config.residual_scale)
+                              residual=model_config.residual, residual_scale=model_config.residual_scale,
+                              source_skip=model_config.source_skip)
 
     def pretrained_state(self) -> FlatState:
         """The SD VAE (frozen) and U-Net (fine-tuned) from config.pretrained. The U-Net's conv_in gets zero
@@ -406,6 +424,8 @@ class MultitaskMethod(Method):
             # true: the sampled latent is k (z_B - z_A), k = residual_scale; the edit is z_A + sample / k
             "residual": model.residual,
             "residual_scale": model.residual_scale,
+            # true: the U-Net predicts x_0 - z_A; the x_0 estimate is z_A + its output
+            "source_skip": model.source_skip,
             "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region")},
         })
         return written
