@@ -11,7 +11,8 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
       by the upper ends of their ranges (model.normalise_strengths), the inpainting mask as an input channel
       (model.mask_channel), one blur direction (data.motion_blur.angle_mode = "fixed": C has no angle), x0
       prediction, known-region blending for pure inpainting. The residual formulation (model.residual) is
-      off: at CPU budgets it collapsed to doing nothing (benchmarks/RESULTS.md, issue 14 item 1).
+      off: at CPU budgets it collapsed to doing nothing (benchmarks/RESULTS.md, issue 14 item 1), as did
+      model.source_skip (x0_hat = z_A + UNet(...)), also off.
 
       Expect (measured 2026-12-02, 2 idle cores, 16 min 4 s wall, an empty compilation cache, 1.3 steps/s,
       peak RSS 3.0 GB): `runs/demo/eval/step_0001000.md` where the model beats the do-nothing baseline on

@@ -269,6 +269,7 @@ def test_comparison_arms_build_and_give_a_finite_loss(arg):
     ("model.autoencoder", "vae", "needs config.pretrained"),
     ("model.source_skip", True, "config.model.source_skip = True needs config.diffusion.prediction_type = "
                                 "'sample'"),
+    ("model.source_skip", True, "config.model.source_skip and config.model.residual are exclusive"),
 ])
 def test_invalid_config_is_one_clear_error_before_anything_compiles(tmp_path, key, value, message):
     config = tiny()

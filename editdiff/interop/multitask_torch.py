@@ -132,7 +132,7 @@ class MultitaskEditor:
         z = noise
         for t in scheduler.timesteps:
             prediction = self.unet(torch.cat([z, conditions], dim=1), t, context).sample
-            if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A
+            if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A (exports before the key: absent)
                 prediction = prediction + source_latent
             z = scheduler.step(prediction, t, z).prev_sample
             if known is not None:  # the known region re-noised to the level the step landed on

@@ -147,9 +147,9 @@ class MultitaskModel(latents_lib.LatentModel):
     mask at the latent size (the kept fraction of each f x f cell, 1 = keep) to the image conditions;
     `residual` diffuses k (z_B - z_A) instead of z_B (k = `residual_scale`), so that the zero residual — doing
     nothing — is where the model starts, and the edit is z_A + the sampled residual / k; `source_skip` keeps
-    diffusing z_B but lets the U-Net predict only x_0's departure from the source, x0_hat = z_A + UNet(...):
-    the U-Net's last GroupNorm removes each example's mean and contrast from its features, so an x_0 it draws
-    alone carries the photo's levels only weakly (a tinted, soft reconstruction), where z_A carries them exactly.
+    diffusing z_B but lets the U-Net predict only x_0's departure from the source, x0_hat = z_A + UNet(...), so
+    that the photo's levels come from z_A rather than from the U-Net's normalised features. Both of the last
+    two sampled "no change" at CPU budgets (benchmarks/RESULTS.md, issue 14 item 1).
     """
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
