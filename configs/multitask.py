@@ -3,27 +3,36 @@
 Presets, chosen after the colon; modifiers (the paper's comparison arms) follow after commas:
 
   demo (the default) — bundled scikit-image photos, 64 px crops, the parameter-free patch autoencoder, a small
-      U-Net predicting x0, 1000 steps; trains, samples and evaluates on a 2-core laptop CPU:
+      U-Net predicting x0, 800 steps; trains, samples and evaluates on a 2-core laptop CPU:
 
         python main.py --config configs/multitask.py --workdir runs/demo
 
       Beyond the paper (each a config value; `sd15` keeps the paper's formulation): the strengths of C divided
       by the upper ends of their ranges (model.normalise_strengths), the inpainting mask as an input channel
       (model.mask_channel), one blur direction (data.motion_blur.angle_mode = "fixed": C has no angle), x0
-      prediction, known-region blending for pure inpainting. The residual formulation (model.residual) is
-      off: at CPU budgets it collapsed to doing nothing (benchmarks/RESULTS.md, issue 14 item 1), as did
+      prediction, known-region blending for pure inpainting, and the per-example frame
+      (model.standardise = "colour_reference": the model diffuses z_B standardised by the source latent's
+      per-channel mean and std — the colour reference's where colour is transferred — so the photo's levels
+      and contrast need not pass through the U-Net). The residual formulation (model.residual) is off: at CPU
+      budgets it collapsed to doing nothing (benchmarks/RESULTS.md, issue 14 item 1), as did
       model.source_skip (x0_hat = z_A + UNet(...)), also off.
 
-      Expect (measured 2026-12-02, 2 idle cores, 16 min 4 s wall, an empty compilation cache, 1.3 steps/s,
-      peak RSS 3.0 GB): `runs/demo/eval/step_0001000.md` where the model beats the do-nothing baseline on
-      colour transfer (L1 0.110 vs 0.172), inpainting (L1 0.018 vs 0.035) and the three combinations with
-      colour (L1 0.104-0.108 vs 0.171-0.174); it loses on blur (0.036 vs 0.011), sharpening (0.051 vs 0.011),
-      grain (0.036 vs 0.020; high-pass std error 0.005 vs 0.016: its grain is too smooth) and blur+grain — its
-      reconstruction of the untouched photo is still soft (low-pass L1 0.027 where the source has 0.002).
-      Sample grids in `runs/demo/samples/`. Then edit your own photo at its resolution:
+      Expect (measured 2026-12-02 with nothing else running, an empty compilation cache: 23 min 26 s wall,
+      0.6 steps/s, peak RSS 2.9 GB — on a day this 2-core machine ran `python -m benchmarks.unet`'s tiny step
+      in 0.078 s, against 0.026 s in issue 15's idle run): `runs/demo/eval/step_0000800.md` where the model beats the do-nothing
+      baseline on L1 and PSNR for grain (L1 0.016 vs 0.020), colour transfer (0.051 vs 0.172), inpainting
+      (0.024 vs 0.035), blur+grain (0.016 vs 0.024) and the three combinations with colour (0.037-0.042 vs
+      0.171-0.174), and on the grain sets' high-pass std error (0.004-0.009 vs 0.016-0.020); it still loses
+      on blur (L1 0.0125 vs 0.0109, PSNR 34.8 vs 37.4) and sharpening (0.027 vs 0.011), and the grain sets'
+      low-pass L1 is level with or just above the untouched photo's (0.0072 vs 0.0065 grain). Sample grids in
+      `runs/demo/samples/` (grain still looks smoother than the target's; small holes stay partly grey). Then
+      edit your own photo at its resolution:
 
         python main.py --config configs/multitask.py --workdir runs/demo --mode=edit \\
             --config.edit.input=photo.png --config.edit.blur=0.6
+
+      Colour transfer on a photo larger than a tile (config.edit.tile_size = 128) matches each tile to the
+      reference on its own, as the 64 px training crops were: flat regions come out over-contrasted.
 
   sd15 — the paper's setup: SD-1.x VAE and U-Net from a local diffusers pipeline directory (subfolders `vae/`
       and `unet/`), 256 px crops, batch 12, 45K steps, L1 loss; the U-Net's conv_in is widened with zero
@@ -102,6 +111,11 @@ def _base() -> ml_collections.ConfigDict:
     config.model.residual_scale = 1.0  # k: the model diffuses k (z_B - z_A)
     # x0_hat = z_A + UNet(...): the U-Net draws the edit, the source latent carries the photo (needs x_0 prediction)
     config.model.source_skip = False
+    # The frame of the diffused latent: "source" diffuses (z_B - mu_A) / s_A (z_A's per-example, per-channel mean
+    # and std), so the photo's levels and contrast come from z_A, not from the U-Net's group-normalised
+    # features; "colour_reference" takes mu, s from the reference latent where colour is transferred; "none".
+    config.model.standardise = "none"
+    config.model.standardise_min_std = 0.05
     config.model.mapping = ml_collections.ConfigDict(dict(depth=2, hidden_dim=256, num_tokens=4))
     # diffusers UNet2DConditionModel config keys; in/out channels and cross_attention_dim are derived.
     config.model.unet = _demo_unet()
@@ -123,14 +137,17 @@ def _demo(config: ml_collections.ConfigDict) -> None:
     config.sampler.num_steps = 20
     config.sampler.blend_known_region = True
     config.model.normalise_strengths = config.model.mask_channel = True
+    # The photo's levels and contrast from the frame, not the U-Net (MultitaskModel.frame): at 400 steps this
+    # took blur L1 0.067 -> 0.017 and colour 0.114 -> 0.040 (benchmarks/RESULTS.md, issue 14 item 1).
+    config.model.standardise = "colour_reference"
     # One blur direction: C carries the blur's strength but not its angle, so a random angle is not learnable
     # from (source, C) and the model can only average over directions.
     config.data.motion_blur.angle_mode = "fixed"
     t = config.train
-    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 1000, 5e-4, 100, "cosine"
+    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 5e-4, 100, "cosine"
     t.ema_decay = 0.99
-    t.log_every, t.checkpoint_every = 100, 500
-    config.evals.samples.every = 500
+    t.log_every, t.checkpoint_every = 100, 400
+    config.evals.samples.every = 400
     config.edit.tile_size = 128
 
 

@@ -5,11 +5,11 @@ sample grid; the L1 / PSNR / SSIM / grain tables beside the do-nothing arm) and 
 pix2pix's model and optimiser in place of the diffusion model's (editdiff/methods/pix2pix.py):
 
   demo (the default) — 64 px, the U-Net generator with 6 levels (down to 1x1), the 70x70 PatchGAN, both at
-      half the paper's width (ngf = ndf = 32, 8.0M parameters), the multitask demo's 1000 steps:
+      half the paper's width (ngf = ndf = 32, 8.0M parameters), the multitask demo's 800 steps:
 
         python main.py --config configs/pix2pix.py --workdir runs/pix2pix
 
-      Not yet timed on an idle machine; then `runs/pix2pix/eval/step_0001000.md`
+      Not yet timed on an idle machine; then `runs/pix2pix/eval/step_0000800.md`
       (model vs do-nothing per set, the multitask demo's tables) and sample grids in `runs/pix2pix/samples/`;
       the log shows loss_g_gan, loss_g_l1 and loss_d. The scores of a full run are not measured yet.
 

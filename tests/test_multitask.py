@@ -166,34 +166,82 @@ def test_residual_formulation_starts_from_doing_nothing():
     np.testing.assert_allclose(conditions[..., -1:], 1.0)  # nothing masked in the blur set
 
 
+def _torch_edit_error(method, model, batch, export_dir) -> tuple[float, np.ndarray]:
+    """Exports `model` to `export_dir` and edits `batch` with MultitaskEditor and with the JAX sampler from the
+    same start noise: (max abs difference, the JAX edit (B, H, W, 3))."""
+    from editdiff.interop.multitask_torch import MultitaskEditor
+
+    nchw = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)  # noqa: E731
+    rng = jax.random.key(5)
+    expected = np.asarray(method.sample(model, batch, rng))
+    latent_size = method.config.data.crop_size // model.autoencoder.downsample_factor
+    x_T = jax.random.normal(jax.random.split(rng)[0],
+                            (len(expected), latent_size, latent_size, model.autoencoder.latent_channels))
+    method.export(model, str(export_dir))
+    editor = MultitaskEditor.from_export(str(export_dir))
+    edited = editor(nchw(batch["source"]), nchw(batch["reference"]), nchw(batch["mask"]),
+                    torch.from_numpy(np.array(batch["edit_vector"])), nchw(x_T)).permute(0, 2, 3, 1).numpy()
+    return float(np.abs(edited - expected).max()), expected
+
+
 def test_source_skip_round_trips_through_the_export_and_starts_from_the_source(tmp_path):
     """With config.model.source_skip the x_0 estimate is z_A + UNet(...): the exported PyTorch editor (reading
     multitask.json) edits as the JAX sampler does, and a U-Net whose output is zero returns the source exactly."""
-    from editdiff.interop.multitask_torch import MultitaskEditor
-
     config = tiny()
     config.model.residual, config.model.source_skip = False, True
     config.diffusion.prediction_type = "sample"
     method = MultitaskMethod(config)
     model = method.init_model(nnx.Rngs(0))
     batch = _eval_batch(method, "blur+grain+colour")
-    nchw = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)  # noqa: E731
-    rng = jax.random.key(5)
-    x_T = jax.random.normal(jax.random.split(rng)[0], (len(batch["source"]), 8, 8, model.autoencoder.latent_channels))
     for zero_output in (False, True):
         if zero_output:  # conv_out all zeros: the U-Net predicts no departure from the source
             model.unet.conv_out.kernel[...] = jnp.zeros_like(model.unet.conv_out.kernel[...])
             model.unet.conv_out.bias[...] = jnp.zeros_like(model.unet.conv_out.bias[...])
-        expected = np.asarray(method.sample(model, batch, rng))
-        method.export(model, str(tmp_path / f"export_{zero_output}"))
+        err, expected = _torch_edit_error(method, model, batch, tmp_path / f"export_{zero_output}")
         assert json.load(open(tmp_path / f"export_{zero_output}" / "multitask.json"))["source_skip"] is True
-        editor = MultitaskEditor.from_export(str(tmp_path / f"export_{zero_output}"))
-        edited = editor(nchw(batch["source"]), nchw(batch["reference"]), nchw(batch["mask"]),
-                        torch.from_numpy(np.array(batch["edit_vector"])), nchw(x_T)).permute(0, 2, 3, 1).numpy()
-        err = np.abs(edited - expected).max()
         print(f"source skip, zero U-Net output {zero_output}: torch editor vs JAX sampler, max abs error {err:.2e}")
         assert err < 1e-3
     np.testing.assert_allclose(expected, np.clip(batch["source"], -1, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("standardise", ["source", "colour_reference"])
+def test_standardised_frame_inverts_exactly_and_round_trips_through_the_export(tmp_path, standardise):
+    """With config.model.standardise the diffused latent is (z_B - mu) / s, mu and s the per-example,
+    per-channel statistics of z_A (or, with "colour_reference", of the reference latent where colour is
+    transferred): that latent itself comes out with zero mean and unit std, the edit's inverse recovers z_B,
+    the U-Net reads the reference relative to the source's levels, and the exported PyTorch editor edits as the
+    JAX sampler does — with the known region blended in (pure inpainting) and without (a combination)."""
+    config = tiny()
+    config.model.residual, config.model.standardise = False, standardise
+    config.diffusion.prediction_type = "sample"
+    config.sampler.blend_known_region = True
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))
+    min_std = config.model.standardise_min_std
+    for name in ("inpaint", "blur+grain+colour"):
+        batch = _eval_batch(method, name)
+        conditions, _ = model.conditions(batch)
+        frame = model.frame(batch, conditions)
+        colour = standardise == "colour_reference" and "colour" in name
+        framed = model.encode(batch["reference" if colour else "source"])
+        standard = np.asarray(model.diffused_latent(framed, frame))
+        varied = np.asarray(framed).std(axis=(1, 2)) > min_std  # a flat channel is divided by the floor instead
+        np.testing.assert_allclose(standard.mean(axis=(1, 2)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(standard.std(axis=(1, 2))[varied], 1.0, rtol=1e-4)
+        target_latent = model.encode(batch["target"])
+        np.testing.assert_allclose(model.edited_latent(model.diffused_latent(target_latent, frame), frame),
+                                   target_latent, atol=1e-5)
+        source = np.asarray(batch["source"])
+        reference = np.asarray(jax.image.resize(batch["reference"], (len(source), 8, 8, 3), "linear",
+                                                antialias=True))
+        source_std = np.maximum(source.std(axis=(1, 2), keepdims=True), min_std)
+        np.testing.assert_allclose(conditions[..., 12:15], (reference - source.mean(axis=(1, 2), keepdims=True))
+                                   / source_std, atol=1e-5)
+        err, _ = _torch_edit_error(method, model, batch, tmp_path / name)
+        spec = json.load(open(tmp_path / name / "multitask.json"))
+        assert spec["standardise"] == standardise and spec["standardise_min_std"] == min_std
+        print(f"standardise={standardise}, {name}: torch editor vs JAX sampler, max abs error {err:.2e}")
+        assert err < 1e-3
 
 
 def test_edit_mode_writes_edits_at_the_inputs_resolution(trained_workdir, tmp_path):
@@ -270,6 +318,8 @@ def test_comparison_arms_build_and_give_a_finite_loss(arg):
     ("model.source_skip", True, "config.model.source_skip = True needs config.diffusion.prediction_type = "
                                 "'sample'"),
     ("model.source_skip", True, "config.model.source_skip and config.model.residual are exclusive"),
+    ("model.standardise", "source", "config.model.standardise and config.model.residual are exclusive"),
+    ("model.standardise", "mean", "config.model.standardise = 'mean' is invalid; allowed: one of "),
 ])
 def test_invalid_config_is_one_clear_error_before_anything_compiles(tmp_path, key, value, message):
     config = tiny()

@@ -1,6 +1,6 @@
 """The exported multitask model edited in PyTorch: diffusers' UNet2DConditionModel and DDIMScheduler, the torch
 mapping network, and the U-Net input assembled as the export's `multitask.json` records it (strength scales,
-mask channel, residual, source skip). The same edit as `--mode=edit` on the JAX model, for users who ship PyTorch:
+mask channel, residual, source skip, standardisation). The same edit as `--mode=edit` on the JAX model, for users who ship PyTorch:
 
     from editdiff.interop.multitask_torch import MultitaskEditor
     editor = MultitaskEditor.from_export("runs/demo/export")
@@ -58,6 +58,12 @@ class _VAE:
         return self.vae.decode(z / self.scaling_factor).sample
 
 
+def _channel_statistics(x: torch.Tensor, min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example and channel of (B, C, H, W): the mean and the (population) std floored at min_std,
+    each (B, C, 1, 1) — `editdiff.methods.multitask.channel_statistics`."""
+    return x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True, correction=0).clamp_min(min_std)
+
+
 class MultitaskEditor:
     """eps_theta(z_t, t | z_A, I_ref, [mask], C) and its DDIM sampling, from an export directory."""
 
@@ -73,6 +79,7 @@ class MultitaskEditor:
         self.mapping = (load_torch_mapping_network(os.path.join(directory, "mapping"))
                         if self.spec["context"] is not None else None)
         self.scheduler = DDIMScheduler.from_pretrained(os.path.join(directory, "scheduler"))
+        self.standardise = self.spec.get("standardise", "none")  # exports before the key: absent
         self.mask_channel = any(part.startswith("inpainting mask") for part in self.spec["unet_input"])
 
     @classmethod
@@ -98,8 +105,11 @@ class MultitaskEditor:
         """(image conditions (B, c, h, w), context (B, tokens, dim) or None), in multitask.json's order."""
         source_latent = self.autoencoder.encode(source)
         h, w = source_latent.shape[-2:]
-        parts = [source_latent, F.interpolate(reference, size=(h, w), mode="bilinear", antialias=True,
-                                              align_corners=False)]
+        reference = F.interpolate(reference, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        if self.standardise != "none":  # the reference relative to the source's levels
+            mean, std = _channel_statistics(source, self.spec["standardise_min_std"])
+            reference = (reference - mean) / std
+        parts = [source_latent, reference]
         if self.mask_channel:
             parts.append(F.avg_pool2d(mask, self.autoencoder.factor))
         edit = self.edit_input(edit_vector)
@@ -107,6 +117,21 @@ class MultitaskEditor:
             parts.append(edit[:, :, None, None].expand(-1, -1, h, w))
             return torch.cat(parts, dim=1), None
         return torch.cat(parts, dim=1), self.mapping(edit)
+
+    def frame(self, source_latent, reference, edit_vector) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offset, scale): the sampler diffuses (z_B - offset) / scale — multitask.json's residual or
+        standardise, as `editdiff.methods.multitask.MultitaskModel.frame` defines them."""
+        if self.spec["residual"]:
+            return source_latent, torch.tensor(1.0 / self.spec["residual_scale"])
+        if self.standardise == "none":
+            return torch.tensor(0.0), torch.tensor(1.0)
+        min_std = self.spec["standardise_min_std"]
+        mean, std = _channel_statistics(source_latent, min_std)
+        if self.standardise == "colour_reference":
+            colour = (edit_vector[:, 6] > 0.5)[:, None, None, None]  # e_colour
+            reference_mean, reference_std = _channel_statistics(self.autoencoder.encode(reference), min_std)
+            mean, std = torch.where(colour, reference_mean, mean), torch.where(colour, reference_std, std)
+        return mean, std
 
     def _known_mask(self, mask: torch.Tensor, edit_vector: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w): the latent cells wholly outside the hole, for pure inpainting only."""
@@ -121,24 +146,28 @@ class MultitaskEditor:
         if sampler["name"] != "ddim" or sampler["eta"]:
             raise ValueError(f"MultitaskEditor samples with deterministic DDIM; the export was made with {sampler}")
         conditions, context = self.conditions(source, reference, mask, edit_vector)
-        source_latent = conditions[:, :noise.shape[1]]
-        scale = self.spec["residual_scale"] if self.spec["residual"] else None
+        c = noise.shape[1]
+        source_latent = conditions[:, :c]
+        offset, scale = self.frame(source_latent, reference, edit_vector)
+        if self.standardise != "none":  # the U-Net reads z_A standardised by its own statistics
+            mean, std = _channel_statistics(source_latent, self.spec["standardise_min_std"])
+            conditions = torch.cat([(source_latent - mean) / std, conditions[:, c:]], dim=1)
         scheduler = self.scheduler
         scheduler.set_timesteps(sampler["num_steps"])
         known = None
         if sampler["blend_known_region"]:
-            known = (torch.zeros_like(source_latent) if scale else source_latent, self._known_mask(mask, edit_vector))
+            known = ((source_latent - offset) / scale, self._known_mask(mask, edit_vector))
         stride = scheduler.config.num_train_timesteps // sampler["num_steps"]
         z = noise
         for t in scheduler.timesteps:
             prediction = self.unet(torch.cat([z, conditions], dim=1), t, context).sample
             if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A (exports before the key: absent)
-                prediction = prediction + source_latent
+                prediction = prediction + conditions[:, :c]  # z_A as the U-Net reads it
             z = scheduler.step(prediction, t, z).prev_sample
             if known is not None:  # the known region re-noised to the level the step landed on
                 prev = int(t) - stride
                 a_bar = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
                 noisy = a_bar.sqrt() * known[0] + (1.0 - a_bar).sqrt() * noise
                 z = known[1] * noisy + (1.0 - known[1]) * z
-        edited = source_latent + z / scale if scale else z  # residual: z = k (z_B - z_A)
+        edited = offset + scale * z
         return self.autoencoder.decode(edited).clamp(-1.0, 1.0)

@@ -53,6 +53,9 @@ NUM_STRENGTHS = 4  # the scalars before the binary task labels
 INPAINT_ONLY = np.array([0.0, 0.0, 0.0, 1.0, 0.0], np.float32)  # task labels [blur, grain, colour, inpaint, sharpen]
 AUTOENCODERS = ("patch", "vae")
 CONDITIONINGS = ("cross_attention", "concat")
+# config.model.standardise: the per-example frame of the diffused latent (MultitaskModel.frame)
+STANDARDISATIONS = ("none", "source", "colour_reference")
+COLOUR_LABEL = 6  # e_colour's index in C
 
 _MODEL_CHECKS = {
     "autoencoder": checks.one_of(AUTOENCODERS),
@@ -64,6 +67,8 @@ _MODEL_CHECKS = {
     "residual": checks.BOOLEAN,
     "residual_scale": checks.number_above(0),
     "source_skip": checks.BOOLEAN,
+    "standardise": checks.one_of(STANDARDISATIONS),
+    "standardise_min_std": checks.number_above(0),
     "mapping": checks.ANY,
     "unet": checks.ANY,
 }
@@ -100,6 +105,9 @@ def _model_rules(config: ml_collections.ConfigDict) -> list[str]:
     if config.model.source_skip and config.model.residual:
         problems.append("config.model.source_skip and config.model.residual are exclusive: the residual "
                         "formulation already diffuses z_B - z_A; set one of them to False")
+    if config.model.standardise != "none" and config.model.residual:
+        problems.append("config.model.standardise and config.model.residual are exclusive: each is a frame for "
+                        "the diffused latent ((z_B - mu_A) / s_A or k (z_B - z_A)); set one of them to False")
     factor = config.model.patch_factor
     if config.model.autoencoder == "vae" and pretrained_path(config, "vae"):
         factor = _vae_config(config).downsample_factor
@@ -132,6 +140,18 @@ def scaled_edit_vector(edit_vector: jax.Array, scales: tuple[float, ...] | None)
     return edit.at[:, :NUM_STRENGTHS].divide(jnp.asarray(scales, jnp.float32))
 
 
+def channel_statistics(images: jax.Array, min_std: float) -> tuple[jax.Array, jax.Array]:
+    """The mean and standard deviation of (B, H, W, C) per example and channel over H, W, the deviation floored
+    at `min_std` (a flat channel would otherwise blow up what is divided by it). Each (B, 1, 1, C)."""
+    mean = jnp.mean(images, axis=(1, 2), keepdims=True)
+    return mean, jnp.maximum(jnp.std(images, axis=(1, 2), keepdims=True), min_std)
+
+
+def standardised(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """(x - mean) / std, broadcast: (B, H, W, C) with statistics broadcastable to it."""
+    return (x - mean) / std
+
+
 def _write_json(path: str, content: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -141,21 +161,26 @@ def _write_json(path: str, content: dict) -> None:
 class MultitaskModel(latents_lib.LatentModel):
     """Autoencoder (frozen), denoising U-Net and mapping network f_theta (None for Palette++).
 
-    Three input choices beyond the paper (config.model; all off in `sd15`, on in `demo`):
+    Input choices beyond the paper (config.model; all off in `sd15`):
     `strength_scales` (4,) divides beta, sigma, lambda, mu by the upper ends of their configured ranges, so every
     scalar of C lies in [0, 1] (the raw ones span [0, 0.1] to [1, 3]); `mask_channel` appends the inpainting
     mask at the latent size (the kept fraction of each f x f cell, 1 = keep) to the image conditions;
     `residual` diffuses k (z_B - z_A) instead of z_B (k = `residual_scale`), so that the zero residual — doing
     nothing — is where the model starts, and the edit is z_A + the sampled residual / k; `source_skip` keeps
     diffusing z_B but lets the U-Net predict only x_0's departure from the source, x0_hat = z_A + UNet(...), so
-    that the photo's levels come from z_A rather than from the U-Net's normalised features. Both of the last
-    two sampled "no change" at CPU budgets (benchmarks/RESULTS.md, issue 14 item 1).
+    that the photo's levels come from z_A rather than from the U-Net's normalised features. Both of these
+    two sampled "no change" at CPU budgets (benchmarks/RESULTS.md, issue 14 item 1). `standardise` diffuses z_B
+    in a per-example frame instead (`frame`): (z_B - mu) / s with the source latent's per-channel mean and std
+    ("source") or, where colour is transferred, the reference latent's ("colour_reference"), the U-Net reading
+    z_A standardised by its own statistics and the colour reference relative to the source's; the target is a
+    whole image, not a near-zero departure, but its levels and contrast are the frame's, which the U-Net's
+    group-normalised output need not reproduce.
     """
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
                  *, use_task_labels: bool, strength_scales: tuple[float, ...] | None = None,
                  mask_channel: bool = False, residual: bool = False, residual_scale: float = 1.0,
-                 source_skip: bool = False):
+                 source_skip: bool = False, standardise: str = "none", standardise_min_std: float = 0.05):
         self.autoencoder = autoencoder
         self.unet = unet
         self.mapping = mapping
@@ -165,6 +190,8 @@ class MultitaskModel(latents_lib.LatentModel):
         self.residual = residual
         self.residual_scale = residual_scale
         self.source_skip = source_skip
+        self.standardise = standardise
+        self.standardise_min_std = standardise_min_std
 
     def edit_input(self, edit_vector: jax.Array) -> jax.Array:
         """C as the model reads it (`scaled_edit_vector`), the task labels dropped in the no_labels ablation:
@@ -179,6 +206,9 @@ class MultitaskModel(latents_lib.LatentModel):
         b, h, w, _ = source_latent.shape
         reference = jax.image.resize(batch["reference"].astype(jnp.float32), (b, h, w, 3), "linear",
                                      antialias=True)
+        if self.standardise != "none":  # relative to the source's levels, as the U-Net sees z_A (`denoise`)
+            reference = standardised(reference, *channel_statistics(batch["source"].astype(jnp.float32),
+                                                                    self.standardise_min_std))
         edit = self.edit_input(batch["edit_vector"])
         concat = [source_latent, reference]
         if self.mask_channel:
@@ -190,22 +220,46 @@ class MultitaskModel(latents_lib.LatentModel):
             return jnp.concatenate(concat, axis=-1), None
         return jnp.concatenate(concat, axis=-1), self.mapping(edit)
 
-    def diffused_latent(self, target_latent: jax.Array, image_conditions: jax.Array) -> jax.Array:
-        """The latent the model diffuses: k (z_B - z_A) with `residual`, else z_B. (B, h, w, C) float32."""
-        if not self.residual:
-            return target_latent
-        return self.residual_scale * (target_latent - image_conditions[..., :self.autoencoder.latent_channels])
+    def frame(self, batch: Batch, image_conditions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(offset, scale), broadcastable to the latent (B, h, w, C): the model diffuses (z_B - offset) / scale
+        and edits offset + scale x. `residual`: (z_A, 1 / k); `standardise` = "source": mu_A, s_A, the source
+        latent's per-example, per-channel mean and std (`channel_statistics`), each (B, 1, 1, C);
+        "colour_reference": the same, but the colour reference latent's mu_R, s_R for examples whose edit
+        transfers colour (e_colour = 1: the edit's levels come from the reference); "none": (0, 1)."""
+        source_latent = image_conditions[..., :self.autoencoder.latent_channels]
+        if self.residual:
+            return source_latent, jnp.asarray(1.0 / self.residual_scale, jnp.float32)
+        if self.standardise == "none":
+            return jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+        mean, std = channel_statistics(source_latent, self.standardise_min_std)
+        if self.standardise == "colour_reference":
+            colour = (batch["edit_vector"][:, COLOUR_LABEL] > 0.5)[:, None, None, None]
+            reference_mean, reference_std = channel_statistics(self.encode(batch["reference"]),
+                                                               self.standardise_min_std)
+            mean, std = jnp.where(colour, reference_mean, mean), jnp.where(colour, reference_std, std)
+        return mean, std
 
-    def edited_latent(self, diffused: jax.Array, image_conditions: jax.Array) -> jax.Array:
-        """The inverse of `diffused_latent`: z_A + x / k with `residual`, else x. (B, h, w, C) float32."""
-        if not self.residual:
-            return diffused
-        return image_conditions[..., :self.autoencoder.latent_channels] + diffused / self.residual_scale
+    @staticmethod
+    def diffused_latent(latent: jax.Array, frame: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """The latent in the diffused frame (`frame`): (z - offset) / scale, (B, h, w, C) float32."""
+        return standardised(latent, *frame)
+
+    @staticmethod
+    def edited_latent(diffused: jax.Array, frame: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """The inverse of `diffused_latent`: offset + scale x, (B, h, w, C) float32."""
+        offset, scale = frame
+        return offset + scale * diffused
 
     def denoise(self, noisy_latent: jax.Array, t: jax.Array, image_conditions: jax.Array,
                 context: jax.Array | None) -> jax.Array:
         """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, conditions), float32 (B, h, w, C); with
         `source_skip` the x_0 estimate z_A + UNet(...)."""
+        if self.standardise != "none":  # z_A standardised by its own statistics, as the copy of its content
+            c = self.autoencoder.latent_channels
+            source_latent = image_conditions[..., :c]
+            image_conditions = jnp.concatenate(
+                [standardised(source_latent, *channel_statistics(source_latent, self.standardise_min_std)),
+                 image_conditions[..., c:]], axis=-1)
         unet_input = jnp.concatenate([noisy_latent, image_conditions], axis=-1)
         prediction = self.unet(unet_input, t, context).astype(jnp.float32)
         if self.source_skip:
@@ -287,7 +341,8 @@ class MultitaskMethod(Method):
         return MultitaskModel(autoencoder, unet, mapping, use_task_labels=model_config.use_task_labels,
                               strength_scales=scales, mask_channel=model_config.mask_channel,
                               residual=model_config.residual, residual_scale=model_config.residual_scale,
-                              source_skip=model_config.source_skip)
+                              source_skip=model_config.source_skip, standardise=model_config.standardise,
+                              standardise_min_std=model_config.standardise_min_std)
 
     def pretrained_state(self) -> FlatState:
         """The SD VAE (frozen) and U-Net (fine-tuned) from config.pretrained. The U-Net's conv_in gets zero
@@ -327,7 +382,7 @@ class MultitaskMethod(Method):
     def loss(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         t_key, noise_key = jax.random.split(rng)
         image_conditions, context = model.conditions(batch)
-        target_latent = model.diffused_latent(model.encode(batch["target"]), image_conditions)
+        target_latent = model.diffused_latent(model.encode(batch["target"]), model.frame(batch, image_conditions))
         t = sample_timesteps(t_key, target_latent.shape[0], self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_key, target_latent.shape, jnp.float32)
         noisy = q_sample(self.schedule, target_latent, t, noise)
@@ -338,6 +393,7 @@ class MultitaskMethod(Method):
 
     def sample(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> jax.Array:
         image_conditions, context = model.conditions(batch)
+        frame = model.frame(batch, image_conditions)
         b, h, w, _ = image_conditions.shape
         start_key, step_key = jax.random.split(rng)
         x_T = jax.random.normal(start_key, (b, h, w, model.autoencoder.latent_channels), jnp.float32)
@@ -349,10 +405,10 @@ class MultitaskMethod(Method):
         settings = sampler_settings(s)
         if s.blend_known_region:  # outside the hole the diffused latent is known: that of z_B = z_A
             source_latent = image_conditions[..., :model.autoencoder.latent_channels]
-            settings |= dict(known_latent=model.diffused_latent(source_latent, image_conditions),
+            settings |= dict(known_latent=model.diffused_latent(source_latent, frame),
                              known_mask=self._known_latent_mask(model, batch))
         latents = samplers.sampler_by_name(s.name)(model_fn, self.schedule, x_T, step_key, **settings)
-        return model.decode(model.edited_latent(latents, image_conditions))
+        return model.decode(model.edited_latent(latents, frame))
 
     @staticmethod
     def _known_latent_mask(model: MultitaskModel, batch: Batch) -> jax.Array:
@@ -426,6 +482,12 @@ class MultitaskMethod(Method):
             "residual_scale": model.residual_scale,
             # true: the U-Net predicts x_0 - z_A; the x_0 estimate is z_A + its output
             "source_skip": model.source_skip,
+            # "source": the sampled latent is (z_B - mu_A) / s_A (per-example, per-channel mean and population
+            # std of z_A, s_A floored at standardise_min_std); "colour_reference": mu_R, s_R of the reference
+            # latent instead where e_colour = 1; the U-Net reads z_A standardised by mu_A, s_A and the colour
+            # reference standardised by the source image's per-channel mean and std (same floor)
+            "standardise": model.standardise,
+            "standardise_min_std": model.standardise_min_std,
             "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region")},
         })
         return written
