@@ -18,15 +18,15 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
       model.source_skip (x0_hat = z_A + UNet(...)), also off.
 
       Expect (measured 2026-12-02 with nothing else running, an empty compilation cache: 23 min 26 s wall,
-      0.6 steps/s, peak RSS 2.9 GB — on a day this 2-core machine ran `python -m benchmarks.unet`'s tiny step
-      in 0.078 s, against 0.026 s in issue 15's idle run): `runs/demo/eval/step_0000800.md` where the model beats the do-nothing
-      baseline on L1 and PSNR for grain (L1 0.016 vs 0.020), colour transfer (0.051 vs 0.172), inpainting
-      (0.024 vs 0.035), blur+grain (0.016 vs 0.024) and the three combinations with colour (0.037-0.042 vs
-      0.171-0.174), and on the grain sets' high-pass std error (0.004-0.009 vs 0.016-0.020); it still loses
-      on blur (L1 0.0125 vs 0.0109, PSNR 34.8 vs 37.4) and sharpening (0.027 vs 0.011), and the grain sets'
-      low-pass L1 is level with or just above the untouched photo's (0.0072 vs 0.0065 grain). Sample grids in
-      `runs/demo/samples/` (grain still looks smoother than the target's; small holes stay partly grey). Then
-      edit your own photo at its resolution:
+      0.6 steps/s, peak RSS 2.9 GB — on a day this 2-core machine ran `python -m benchmarks.unet`'s tiny step in
+      0.078 s, against 0.026 s in issue 15's idle run): `runs/demo/eval/step_0000800.md` where the model beats
+      the do-nothing baseline on L1 and PSNR for grain (L1 0.016 vs 0.020), colour transfer (0.051 vs 0.172),
+      inpainting (0.024 vs 0.035), blur+grain (0.016 vs 0.024) and the three combinations with colour
+      (0.037-0.042 vs 0.171-0.174), and on the grain sets' high-pass std error (0.004-0.009 vs 0.016-0.020); it
+      still loses on blur (L1 0.0125 vs 0.0109, PSNR 34.8 vs 37.4) and sharpening (0.027 vs 0.011), and the
+      grain sets' low-pass L1 is level with or just above the untouched photo's (0.0072 vs 0.0065 grain). Sample
+      grids in `runs/demo/samples/` (grain still looks smoother than the target's; small holes stay partly
+      grey). Then edit your own photo at its resolution:
 
         python main.py --config configs/multitask.py --workdir runs/demo --mode=edit \\
             --config.edit.input=photo.png --config.edit.blur=0.6

@@ -72,10 +72,10 @@ def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
     method = MultitaskMethod(config)
     model, _ = load_trained_model(config, trained_workdir, method, mesh_lib.create_mesh(config.mesh))
     batch = {k: jnp.asarray(v) for k, v in method.eval_sets()["grain+colour"].items()}
-    conditions, context = model.conditions(batch)
-    z_t = jax.random.normal(jax.random.key(3), conditions.shape[:3] + (model.autoencoder.latent_channels,))
+    conditions = model.conditions(batch)
+    z_t = jax.random.normal(jax.random.key(3), conditions.image.shape[:3] + (model.autoencoder.latent_channels,))
     t = jnp.array([10, 900], jnp.int32)
-    expected = model.denoise(z_t, t, conditions, context)
+    expected = model.denoise(z_t, t, conditions.image, conditions.context)
 
     unet = TorchUNet.from_pretrained(os.path.join(export_dir, "unet")).eval()
     mapping = load_torch_mapping_network(os.path.join(export_dir, "mapping"))
@@ -85,7 +85,7 @@ def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
         edit = torch.from_numpy(np.array(batch["edit_vector"]))
         edit[:, :4] /= torch.tensor(spec["strength_scales"])  # C as the model reads it (multitask.json)
         torch_context = mapping(edit)
-        unet_input = torch.cat([nchw(z_t), nchw(conditions)], dim=1)
+        unet_input = torch.cat([nchw(z_t), nchw(conditions.image)], dim=1)
         prediction = unet(unet_input, torch.from_numpy(np.array(t)), torch_context).sample
     err = np.abs(prediction.permute(0, 2, 3, 1).numpy() - np.asarray(expected)).max()
     print(f"exported diffusers U-Net + torch mapping vs JAX noise prediction: max abs error {err:.2e}")
@@ -161,7 +161,7 @@ def test_residual_formulation_starts_from_doing_nothing():
     model.denoise = lambda z, t, conditions, context: jnp.zeros_like(z)
     edited = method.sample(model, batch, jax.random.key(0))
     np.testing.assert_allclose(edited, batch["source"], atol=1e-6)
-    conditions, _ = model.conditions(batch)
+    conditions = model.conditions(batch).image
     assert conditions.shape[-1] == 12 + 3 + 1  # source latent, reference, mask channel
     np.testing.assert_allclose(conditions[..., -1:], 1.0)  # nothing masked in the blur set
 
@@ -220,8 +220,8 @@ def test_standardised_frame_inverts_exactly_and_round_trips_through_the_export(t
     min_std = config.model.standardise_min_std
     for name in ("inpaint", "blur+grain+colour"):
         batch = _eval_batch(method, name)
-        conditions, _ = model.conditions(batch)
-        frame = model.frame(batch, conditions)
+        conditions = model.conditions(batch)
+        frame = conditions.frame
         colour = standardise == "colour_reference" and "colour" in name
         framed = model.encode(batch["reference" if colour else "source"])
         standard = np.asarray(model.diffused_latent(framed, frame))
@@ -231,12 +231,17 @@ def test_standardised_frame_inverts_exactly_and_round_trips_through_the_export(t
         target_latent = model.encode(batch["target"])
         np.testing.assert_allclose(model.edited_latent(model.diffused_latent(target_latent, frame), frame),
                                    target_latent, atol=1e-5)
+        # the U-Net reads z_A standardised by its own statistics, the reference relative to the source pixels'
+        c, (b, h, w, _) = model.autoencoder.latent_channels, conditions.source_latent.shape
+        source_latent = np.asarray(conditions.source_latent)
+        latent_std = np.maximum(source_latent.std(axis=(1, 2), keepdims=True), min_std)
+        np.testing.assert_allclose(conditions.image[..., :c], (source_latent - source_latent.mean(
+            axis=(1, 2), keepdims=True)) / latent_std, atol=1e-5)
         source = np.asarray(batch["source"])
-        reference = np.asarray(jax.image.resize(batch["reference"], (len(source), 8, 8, 3), "linear",
-                                                antialias=True))
+        reference = np.asarray(jax.image.resize(batch["reference"], (b, h, w, 3), "linear", antialias=True))
         source_std = np.maximum(source.std(axis=(1, 2), keepdims=True), min_std)
-        np.testing.assert_allclose(conditions[..., 12:15], (reference - source.mean(axis=(1, 2), keepdims=True))
-                                   / source_std, atol=1e-5)
+        np.testing.assert_allclose(conditions.image[..., c:c + 3],
+                                   (reference - source.mean(axis=(1, 2), keepdims=True)) / source_std, atol=1e-5)
         err, _ = _torch_edit_error(method, model, batch, tmp_path / name)
         spec = json.load(open(tmp_path / name / "multitask.json"))
         assert spec["standardise"] == standardise and spec["standardise_min_std"] == min_std

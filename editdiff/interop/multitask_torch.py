@@ -1,6 +1,7 @@
 """The exported multitask model edited in PyTorch: diffusers' UNet2DConditionModel and DDIMScheduler, the torch
 mapping network, and the U-Net input assembled as the export's `multitask.json` records it (strength scales,
-mask channel, residual, source skip, standardisation). The same edit as `--mode=edit` on the JAX model, for users who ship PyTorch:
+mask channel, residual, source skip, standardisation). The same edit as `--mode=edit` on the JAX model, for
+users who ship PyTorch:
 
     from editdiff.interop.multitask_torch import MultitaskEditor
     editor = MultitaskEditor.from_export("runs/demo/export")
@@ -102,21 +103,27 @@ class MultitaskEditor:
         return edit[:, :len(self.spec["edit_vector"])]
 
     def conditions(self, source, reference, mask, edit_vector):
-        """(image conditions (B, c, h, w), context (B, tokens, dim) or None), in multitask.json's order."""
+        """(z_A (B, C, h, w), image conditions (B, c, h, w), context (B, tokens, dim) or None), the conditions in
+        multitask.json's order — with a frame (standardise), z_A standardised by its own statistics and the
+        reference relative to the source's levels."""
         source_latent = self.autoencoder.encode(source)
         h, w = source_latent.shape[-2:]
         reference = F.interpolate(reference, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        if self.standardise != "none":  # the reference relative to the source's levels
-            mean, std = _channel_statistics(source, self.spec["standardise_min_std"])
-            reference = (reference - mean) / std
-        parts = [source_latent, reference]
+        source_view = source_latent
+        if self.standardise != "none":
+            min_std = self.spec["standardise_min_std"]
+            latent_mean, latent_std = _channel_statistics(source_latent, min_std)
+            source_view = (source_latent - latent_mean) / latent_std
+            pixel_mean, pixel_std = _channel_statistics(source, min_std)
+            reference = (reference - pixel_mean) / pixel_std
+        parts = [source_view, reference]
         if self.mask_channel:
             parts.append(F.avg_pool2d(mask, self.autoencoder.factor))
         edit = self.edit_input(edit_vector)
         if self.mapping is None:  # Palette++
             parts.append(edit[:, :, None, None].expand(-1, -1, h, w))
-            return torch.cat(parts, dim=1), None
-        return torch.cat(parts, dim=1), self.mapping(edit)
+            return source_latent, torch.cat(parts, dim=1), None
+        return source_latent, torch.cat(parts, dim=1), self.mapping(edit)
 
     def frame(self, source_latent, reference, edit_vector) -> tuple[torch.Tensor, torch.Tensor]:
         """(offset, scale): the sampler diffuses (z_B - offset) / scale — multitask.json's residual or
@@ -145,13 +152,8 @@ class MultitaskEditor:
         sampler = self.spec["sampler"]
         if sampler["name"] != "ddim" or sampler["eta"]:
             raise ValueError(f"MultitaskEditor samples with deterministic DDIM; the export was made with {sampler}")
-        conditions, context = self.conditions(source, reference, mask, edit_vector)
-        c = noise.shape[1]
-        source_latent = conditions[:, :c]
+        source_latent, conditions, context = self.conditions(source, reference, mask, edit_vector)
         offset, scale = self.frame(source_latent, reference, edit_vector)
-        if self.standardise != "none":  # the U-Net reads z_A standardised by its own statistics
-            mean, std = _channel_statistics(source_latent, self.spec["standardise_min_std"])
-            conditions = torch.cat([(source_latent - mean) / std, conditions[:, c:]], dim=1)
         scheduler = self.scheduler
         scheduler.set_timesteps(sampler["num_steps"])
         known = None
@@ -162,7 +164,7 @@ class MultitaskEditor:
         for t in scheduler.timesteps:
             prediction = self.unet(torch.cat([z, conditions], dim=1), t, context).sample
             if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A (exports before the key: absent)
-                prediction = prediction + conditions[:, :c]  # z_A as the U-Net reads it
+                prediction = prediction + conditions[:, :source_latent.shape[1]]  # z_A as the U-Net reads it
             z = scheduler.step(prediction, t, z).prev_sample
             if known is not None:  # the known region re-noised to the level the step landed on
                 prev = int(t) - stride

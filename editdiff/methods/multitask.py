@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,7 @@ AUTOENCODERS = ("patch", "vae")
 CONDITIONINGS = ("cross_attention", "concat")
 # config.model.standardise: the per-example frame of the diffused latent (MultitaskModel.frame)
 STANDARDISATIONS = ("none", "source", "colour_reference")
-COLOUR_LABEL = 6  # e_colour's index in C
+COLOUR_LABEL = EDIT_VECTOR_NAMES.index("e_colour")
 
 _MODEL_CHECKS = {
     "autoencoder": checks.one_of(AUTOENCODERS),
@@ -158,6 +158,14 @@ def _write_json(path: str, content: dict) -> None:
         json.dump(content, f, indent=2)
 
 
+class EditConditions(NamedTuple):
+    """What a batch conditions the denoiser on (`MultitaskModel.conditions`)."""
+    source_latent: jax.Array  # z_A (B, h, w, C)
+    image: jax.Array  # concatenated to z_t, (B, h, w, c)
+    context: jax.Array | None  # cross-attention context (B, tokens, dim); None for Palette++
+    frame: tuple[jax.Array, jax.Array]  # (offset, scale) of the diffused latent (MultitaskModel.frame)
+
+
 class MultitaskModel(latents_lib.LatentModel):
     """Autoencoder (frozen), denoising U-Net and mapping network f_theta (None for Palette++).
 
@@ -199,34 +207,40 @@ class MultitaskModel(latents_lib.LatentModel):
         edit = scaled_edit_vector(edit_vector, self.strength_scales)
         return edit if self.use_task_labels else edit[:, :NUM_STRENGTHS]
 
-    def conditions(self, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
-        """The image conditions concatenated to z_t (B, h, w, c) — source latent, colour reference, mask (with
-        `mask_channel`), C (Palette++) — and the cross-attention context (or None)."""
+    def conditions(self, batch: Batch) -> EditConditions:
+        """Everything one batch conditions on, computed once (`EditConditions`): z_A; the image conditions
+        concatenated to z_t (B, h, w, c) — z_A (standardised by its own statistics with a frame: the copy of
+        the photo's content), the colour reference (relative to the source's levels with a frame), the mask
+        (with `mask_channel`), C (Palette++); the cross-attention context (or None); the frame (`frame`)."""
         source_latent = self.encode(batch["source"])
         b, h, w, _ = source_latent.shape
         reference = jax.image.resize(batch["reference"].astype(jnp.float32), (b, h, w, 3), "linear",
                                      antialias=True)
-        if self.standardise != "none":  # relative to the source's levels, as the U-Net sees z_A (`denoise`)
+        source_view = source_latent
+        if self.standardise != "none":
+            source_view = standardised(source_latent, *channel_statistics(source_latent, self.standardise_min_std))
             reference = standardised(reference, *channel_statistics(batch["source"].astype(jnp.float32),
                                                                     self.standardise_min_std))
         edit = self.edit_input(batch["edit_vector"])
-        concat = [source_latent, reference]
+        concat = [source_view, reference]
         if self.mask_channel:
             f = self.autoencoder.downsample_factor
             mask = batch["mask"].astype(jnp.float32).reshape(b, h, f, w, f, 1)
             concat.append(jnp.mean(mask, axis=(2, 4)))
+        context = None
         if self.mapping is None:  # Palette++: C expanded to the latent size
             concat.append(jnp.broadcast_to(edit[:, None, None, :], (b, h, w, edit.shape[-1])))
-            return jnp.concatenate(concat, axis=-1), None
-        return jnp.concatenate(concat, axis=-1), self.mapping(edit)
+        else:
+            context = self.mapping(edit)
+        return EditConditions(source_latent, jnp.concatenate(concat, axis=-1), context,
+                              self.frame(batch, source_latent))
 
-    def frame(self, batch: Batch, image_conditions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def frame(self, batch: Batch, source_latent: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(offset, scale), broadcastable to the latent (B, h, w, C): the model diffuses (z_B - offset) / scale
         and edits offset + scale x. `residual`: (z_A, 1 / k); `standardise` = "source": mu_A, s_A, the source
         latent's per-example, per-channel mean and std (`channel_statistics`), each (B, 1, 1, C);
         "colour_reference": the same, but the colour reference latent's mu_R, s_R for examples whose edit
         transfers colour (e_colour = 1: the edit's levels come from the reference); "none": (0, 1)."""
-        source_latent = image_conditions[..., :self.autoencoder.latent_channels]
         if self.residual:
             return source_latent, jnp.asarray(1.0 / self.residual_scale, jnp.float32)
         if self.standardise == "none":
@@ -252,14 +266,8 @@ class MultitaskModel(latents_lib.LatentModel):
 
     def denoise(self, noisy_latent: jax.Array, t: jax.Array, image_conditions: jax.Array,
                 context: jax.Array | None) -> jax.Array:
-        """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, conditions), float32 (B, h, w, C); with
-        `source_skip` the x_0 estimate z_A + UNet(...)."""
-        if self.standardise != "none":  # z_A standardised by its own statistics, as the copy of its content
-            c = self.autoencoder.latent_channels
-            source_latent = image_conditions[..., :c]
-            image_conditions = jnp.concatenate(
-                [standardised(source_latent, *channel_statistics(source_latent, self.standardise_min_std)),
-                 image_conditions[..., c:]], axis=-1)
+        """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, image conditions), float32 (B, h, w, C);
+        with `source_skip` the x_0 estimate z_A (as the image conditions carry it) + UNet(...)."""
         unet_input = jnp.concatenate([noisy_latent, image_conditions], axis=-1)
         prediction = self.unet(unet_input, t, context).astype(jnp.float32)
         if self.source_skip:
@@ -381,34 +389,32 @@ class MultitaskMethod(Method):
 
     def loss(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         t_key, noise_key = jax.random.split(rng)
-        image_conditions, context = model.conditions(batch)
-        target_latent = model.diffused_latent(model.encode(batch["target"]), model.frame(batch, image_conditions))
+        conditions = model.conditions(batch)
+        target_latent = model.diffused_latent(model.encode(batch["target"]), conditions.frame)
         t = sample_timesteps(t_key, target_latent.shape[0], self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_key, target_latent.shape, jnp.float32)
         noisy = q_sample(self.schedule, target_latent, t, noise)
-        prediction = model.denoise(noisy, t, image_conditions, context)
+        prediction = model.denoise(noisy, t, conditions.image, conditions.context)
         loss = diffusion_loss(self.schedule, prediction, target_latent, noise, t,
                               **loss_settings(self.config.diffusion))
         return loss, {"loss": loss}
 
     def sample(self, model: MultitaskModel, batch: Batch, rng: jax.Array) -> jax.Array:
-        image_conditions, context = model.conditions(batch)
-        frame = model.frame(batch, image_conditions)
-        b, h, w, _ = image_conditions.shape
+        conditions = model.conditions(batch)
+        b, h, w, _ = conditions.image.shape
         start_key, step_key = jax.random.split(rng)
         x_T = jax.random.normal(start_key, (b, h, w, model.autoencoder.latent_channels), jnp.float32)
 
         def model_fn(z, t):
-            return model.denoise(z, t, image_conditions, context)
+            return model.denoise(z, t, conditions.image, conditions.context)
 
         s = self.config.sampler
         settings = sampler_settings(s)
         if s.blend_known_region:  # outside the hole the diffused latent is known: that of z_B = z_A
-            source_latent = image_conditions[..., :model.autoencoder.latent_channels]
-            settings |= dict(known_latent=model.diffused_latent(source_latent, frame),
+            settings |= dict(known_latent=model.diffused_latent(conditions.source_latent, conditions.frame),
                              known_mask=self._known_latent_mask(model, batch))
         latents = samplers.sampler_by_name(s.name)(model_fn, self.schedule, x_T, step_key, **settings)
-        return model.decode(model.edited_latent(latents, frame))
+        return model.decode(model.edited_latent(latents, conditions.frame))
 
     @staticmethod
     def _known_latent_mask(model: MultitaskModel, batch: Batch) -> jax.Array:
