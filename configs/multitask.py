@@ -79,6 +79,7 @@ def _demo_unet() -> ml_collections.ConfigDict:
         cross_attention_dim=128,
         norm_num_groups=32,
         use_linear_projection=True,
+        resnet_time_scale_shift="default",
     ))
 
 
@@ -116,6 +117,9 @@ def _base() -> ml_collections.ConfigDict:
     # features; "colour_reference" takes mu, s from the reference latent where colour is transferred; "none".
     config.model.standardise = "none"
     config.model.standardise_min_std = 0.05
+    # C into the U-Net's class embedding too (added to the time embedding, so it reaches every ResNet, the levels
+    # without cross-attention included); the paper's C reaches the U-Net through cross-attention only.
+    config.model.edit_embedding = False
     config.model.mapping = ml_collections.ConfigDict(dict(depth=2, hidden_dim=256, num_tokens=4))
     # diffusers UNet2DConditionModel config keys; in/out channels and cross_attention_dim are derived.
     config.model.unet = _demo_unet()
@@ -164,6 +168,8 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.edit.tile_size, config.edit.tile_overlap = 16, 4
     # every input choice on, so that the tests run each path (the export, the PyTorch editor)
     config.model.normalise_strengths = config.model.mask_channel = config.model.residual = True
+    config.model.edit_embedding = True
+    config.model.unet.resnet_time_scale_shift = "scale_shift"
     t = config.train
     t.num_steps, t.warmup_steps, t.log_every, t.checkpoint_every = 2, 0, 1, 1
     t.async_checkpointing = False

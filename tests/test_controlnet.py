@@ -98,10 +98,15 @@ def test_from_unet_copies_the_encoder_and_starts_at_zero(models, inputs):
     np.testing.assert_array_equal(np.asarray(unet.conv_in.kernel[...]), before)
 
 
-def test_from_unet_rejects_a_unet_diffusers_controlnet_cannot_mirror(models):
+@pytest.mark.parametrize("change, message", [
+    (dict(time_embedding_dim=64), "time_embedding_dim=64; diffusers' ControlNetModel supports only None"),
+    (dict(resnet_time_scale_shift="scale_shift"), "resnet_time_scale_shift='scale_shift'; our ControlNetModel"),
+    (dict(class_embed_type="projection", projection_class_embeddings_input_dim=3), "class_embed_type='projection'"),
+])
+def test_from_unet_rejects_a_unet_the_controlnet_cannot_mirror(models, change, message):
     _, _, unet, _ = models
-    with pytest.raises(ValueError, match="time_embedding_dim=64"):
-        ControlNetConfig.from_unet(dataclasses.replace(unet.config, time_embedding_dim=64))
+    with pytest.raises(ValueError, match=message):
+        ControlNetConfig.from_unet(dataclasses.replace(unet.config, **change))
 
 
 @pytest.mark.parametrize("change, message", [

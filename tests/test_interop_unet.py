@@ -15,6 +15,9 @@ from unet_testing import SD1_TINY, randomize
 SD2_TINY = dict(SD1_TINY, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
                 transformer_layers_per_block=(2, 1), use_linear_projection=True, upcast_attention=True)
+# the edit vector's way into every ResNet (configs/multitask.py's model.edit_embedding)
+CLASS_PROJECTION_TINY = dict(SD1_TINY, class_embed_type="projection", projection_class_embeddings_input_dim=9,
+                             resnet_time_scale_shift="scale_shift")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -31,7 +34,8 @@ def _assert_same_state_dict(got: dict, want: dict):
         assert torch.equal(got[key], want[key]), key
 
 
-@pytest.mark.parametrize("config", [SD1_TINY, SD2_TINY], ids=["conv_proj", "linear_proj"])
+@pytest.mark.parametrize("config", [SD1_TINY, SD2_TINY, CLASS_PROJECTION_TINY],
+                         ids=["conv_proj", "linear_proj", "class_projection_scale_shift"])
 def test_unet_round_trip_is_exact(config, tmp_path):
     original = randomize(diffusers.UNet2DConditionModel(**config), 0)
     original.save_pretrained(tmp_path / "original")

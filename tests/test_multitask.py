@@ -75,7 +75,7 @@ def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
     conditions = model.conditions(batch)
     z_t = jax.random.normal(jax.random.key(3), conditions.image.shape[:3] + (model.autoencoder.latent_channels,))
     t = jnp.array([10, 900], jnp.int32)
-    expected = model.denoise(z_t, t, conditions.image, conditions.context)
+    expected = model.denoise(z_t, t, conditions)
 
     unet = TorchUNet.from_pretrained(os.path.join(export_dir, "unet")).eval()
     mapping = load_torch_mapping_network(os.path.join(export_dir, "mapping"))
@@ -86,7 +86,8 @@ def test_exported_pytorch_path_reproduces_the_noise_prediction(trained_workdir):
         edit[:, :4] /= torch.tensor(spec["strength_scales"])  # C as the model reads it (multitask.json)
         torch_context = mapping(edit)
         unet_input = torch.cat([nchw(z_t), nchw(conditions.image)], dim=1)
-        prediction = unet(unet_input, torch.from_numpy(np.array(t)), torch_context).sample
+        assert spec["edit_embedding"] and unet.config.class_embed_type == "projection"  # the tiny preset's
+        prediction = unet(unet_input, torch.from_numpy(np.array(t)), torch_context, class_labels=edit).sample
     err = np.abs(prediction.permute(0, 2, 3, 1).numpy() - np.asarray(expected)).max()
     print(f"exported diffusers U-Net + torch mapping vs JAX noise prediction: max abs error {err:.2e}")
     assert err < 1e-4
@@ -158,7 +159,7 @@ def test_residual_formulation_starts_from_doing_nothing():
     method = MultitaskMethod(config)
     model = method.init_model(nnx.Rngs(0))
     batch = _eval_batch(method, "blur")
-    model.denoise = lambda z, t, conditions, context: jnp.zeros_like(z)
+    model.denoise = lambda z, t, conditions: jnp.zeros_like(z)
     edited = method.sample(model, batch, jax.random.key(0))
     np.testing.assert_allclose(edited, batch["source"], atol=1e-6)
     conditions = model.conditions(batch).image
@@ -377,6 +378,7 @@ def _sd15_tiny(pipeline_dir):
     config.model.autoencoder = "vae"
     config.model.unet = {}
     config.model.normalise_strengths = config.model.mask_channel = config.model.residual = False  # the paper's
+    config.model.edit_embedding = False
     return config
 
 
@@ -402,6 +404,14 @@ def test_pretrained_pipeline_directory_builds_the_paper_setup(tiny_pipeline):
     before = pretrained(z, jnp.array([5]), context)
     after = model.unet(jnp.concatenate([z, extra], -1), jnp.array([5]), context)
     np.testing.assert_allclose(after, before, atol=1e-5)  # zero weights; only the summation order differs
+
+    # a class embedding for C (model.edit_embedding) starts with a zero output layer: the prediction is kept
+    config.model.edit_embedding = True
+    with_embedding = initial_model(MultitaskMethod(config))
+    labels = jax.random.normal(jax.random.key(3), (1, 9))
+    embedded = with_embedding.unet(jnp.concatenate([z, extra], -1), jnp.array([5]), context, class_labels=labels)
+    np.testing.assert_allclose(embedded, before, atol=1e-5)
+    config.model.edit_embedding = False
 
     batch = {k: jnp.asarray(v) for k, v in method.dummy_batch(2).items()}
     loss, _ = method.loss(model, batch, jax.random.key(0))

@@ -31,6 +31,10 @@ PARITY_CONFIGS = {
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=12,
         attention_head_dim=2, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
         mid_block_scale_factor=1.5, norm_num_groups=8, norm_eps=1e-6), (2, 9, 6), 3),
+    # a per-example vector through the class embedding into every ResNet, which it scales and shifts
+    "class_projection_scale_shift": (dict(
+        SD1_TINY, class_embed_type="projection", projection_class_embeddings_input_dim=9,
+        resnet_time_scale_shift="scale_shift"), (2, 8, 8), 7),
     # the Palette++ baseline: no cross-attention anywhere, concatenated inputs
     "no_cross_attention": (dict(
         sample_size=8, in_channels=9, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -47,25 +51,33 @@ def _reference_and_ours(tmp_path_factory, diffusers_config, seed=0):
 
 
 def _inputs(config, shape, context_len, seed=0):
+    """(sample, timesteps, context or None, class labels or None) for a diffusers `config`."""
     rng = np.random.default_rng(seed)
     batch, h, w = shape
     sample = rng.standard_normal((batch, h, w, config.get("in_channels", 4))).astype(np.float32)
     timesteps = np.array([3, 817][:batch], np.int64)
     context = (None if context_len is None else
                rng.standard_normal((batch, context_len, config["cross_attention_dim"])).astype(np.float32))
-    return sample, timesteps, context
+    labels_dim = config.get("projection_class_embeddings_input_dim")
+    labels = None if labels_dim is None else rng.standard_normal((batch, labels_dim)).astype(np.float32)
+    return sample, timesteps, context, labels
+
+
+def _optional(array, convert):
+    return None if array is None else convert(array)
 
 
 @pytest.mark.parametrize("name", list(PARITY_CONFIGS))
 def test_matches_diffusers(name, tmp_path_factory):
     diffusers_config, shape, context_len = PARITY_CONFIGS[name]
     reference, ours, _ = _reference_and_ours(tmp_path_factory, diffusers_config)
-    sample, timesteps, context = _inputs(diffusers_config, shape, context_len)
+    sample, timesteps, context, labels = _inputs(diffusers_config, shape, context_len)
     with torch.no_grad():
         expected = to_nhwc(reference(to_nchw(sample), torch.from_numpy(timesteps),
-                                     None if context is None else torch.from_numpy(context)).sample)
-    got = np.asarray(apply(ours, jnp.asarray(sample), jnp.asarray(timesteps),
-                           None if context is None else jnp.asarray(context)))
+                                     _optional(context, torch.from_numpy),
+                                     class_labels=_optional(labels, torch.from_numpy)).sample)
+    got = np.asarray(apply(ours, jnp.asarray(sample), jnp.asarray(timesteps), _optional(context, jnp.asarray),
+                           class_labels=_optional(labels, jnp.asarray)))
     error = float(np.abs(got - expected).max())
     print(f"{name}: max abs error vs diffusers {error:.3g} (output scale {np.abs(expected).max():.3g})")
     assert got.shape == expected.shape
@@ -90,7 +102,7 @@ def test_bfloat16_compute_keeps_float32_params(sd1):
     ours_bf16 = load_unet(directory, dtype=jnp.bfloat16)
     assert {p[...].dtype for _, p in nnx.to_flat_state(nnx.state(ours_bf16, nnx.Param))} == {jnp.dtype(jnp.float32)}
     # The shapes of the sd1 parity case: the float32 forward is already compiled.
-    sample, timesteps, context = _inputs(SD1_TINY, (2, 8, 12), 7)
+    sample, timesteps, context = _inputs(SD1_TINY, (2, 8, 12), 7)[:3]
     args = jnp.asarray(sample), jnp.asarray(timesteps), jnp.asarray(context)
     reference, got = np.asarray(apply(ours, *args)), apply(ours_bf16, *args)
     assert got.dtype == jnp.bfloat16
@@ -106,7 +118,7 @@ def test_remat_keeps_the_prediction_and_the_gradients(sd1):
     _, ours, directory = sd1
     remat = load_unet(directory)
     remat.remat = True
-    sample, timesteps, context = (jnp.asarray(x) for x in _inputs(SD1_TINY, (2, 8, 12), 7))
+    sample, timesteps, context = (jnp.asarray(x) for x in _inputs(SD1_TINY, (2, 8, 12), 7)[:3])
 
     def loss_and_grads(model):
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -152,7 +164,7 @@ def test_modulation_paths_are_the_mid_and_up_block_convs(sd1):
 
 def test_zero_modulation_is_bit_identical(sd1):
     _, ours, _ = sd1
-    sample, timesteps, context = map(jnp.asarray, _inputs(SD1_TINY, (2, 8, 12), 7))
+    sample, timesteps, context = map(jnp.asarray, _inputs(SD1_TINY, (2, 8, 12), 7)[:3])
     zeros = random_modulation(ours, 2, scale=0.0)
     assert jnp.array_equal(apply(ours, sample, timesteps, context, modulation=zeros),
                            apply(ours, sample, timesteps, context))
@@ -160,7 +172,7 @@ def test_zero_modulation_is_bit_identical(sd1):
 
 def test_modulation_equals_the_materialised_kernels(sd1):
     _, ours, _ = sd1
-    sample, timesteps, context = map(jnp.asarray, _inputs(SD1_TINY, (1, 8, 12), 7))
+    sample, timesteps, context = map(jnp.asarray, _inputs(SD1_TINY, (1, 8, 12), 7)[:3])
     modulation = random_modulation(ours, 1, seed=4)
     got = np.asarray(apply(ours, sample, timesteps, context, modulation=modulation))
     want = np.asarray(apply(with_modulated_kernels(ours, modulation), sample, timesteps, context))
@@ -198,7 +210,9 @@ def test_config_accepts_metadata_and_default_valued_unsupported_keys():
 @pytest.mark.parametrize("change, message", [
     ({"down_block_types": ("AttnDownBlock2D", "DownBlock2D")}, "down_block_types='AttnDownBlock2D'"),
     ({"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}, "mid_block_type='UNetMidBlock2DSimpleCrossAttn'"),
-    ({"class_embed_type": "timestep"}, r"class_embed_type='timestep' \(only None is supported\)"),
+    ({"class_embed_type": "timestep"}, r"class_embed_type='timestep' is not supported; allowed: None, 'projection'"),
+    ({"class_embed_type": "projection"}, "projection_class_embeddings_input_dim, a positive int"),
+    ({"resnet_time_scale_shift": "scale"}, "resnet_time_scale_shift='scale' is not supported"),
     ({"dropout": 0.1}, r"dropout=0.1 \(only 0.0 is supported\)"),
     ({"made_up_key": 3}, r"made_up_key=3 \(unknown key\)"),
     ({"attention_head_dim": (2, 4, 8)}, "attention_head_dim=.* one entry per block"),

@@ -108,6 +108,9 @@ def _encoder_rules(model: UNet2DConditionModel | ControlNetModel | UNet2DModel) 
 def unet_rules(model: UNet2DConditionModel | UNet2DModel) -> list[Rule]:
     """One Rule per parameter of `model`: Flax path <-> diffusers UNet2DConditionModel / UNet2DModel key."""
     rules = _encoder_rules(model)
+    if getattr(model, "class_embedding", None) is not None:
+        rules += dense_rules(("class_embedding", "linear_1"), "class_embedding.linear_1")
+        rules += dense_rules(("class_embedding", "linear_2"), "class_embedding.linear_2")
     for i, block in enumerate(model.up_blocks):
         rules += block_rules(("up_blocks", i), f"up_blocks.{i}", block, linear_projection=_linear_projection(model))
     return rules + norm_rules(("conv_norm_out",), "conv_norm_out") + conv_rules(("conv_out",), "conv_out")

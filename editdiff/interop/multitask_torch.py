@@ -1,6 +1,6 @@
 """The exported multitask model edited in PyTorch: diffusers' UNet2DConditionModel and DDIMScheduler, the torch
 mapping network, and the U-Net input assembled as the export's `multitask.json` records it (strength scales,
-mask channel, residual, source skip, standardisation). The same edit as `--mode=edit` on the JAX model, for
+mask channel, residual, source skip, standardisation, the edit vector in the class embedding). The same edit as `--mode=edit` on the JAX model, for
 users who ship PyTorch:
 
     from editdiff.interop.multitask_torch import MultitaskEditor
@@ -154,6 +154,8 @@ class MultitaskEditor:
             raise ValueError(f"MultitaskEditor samples with deterministic DDIM; the export was made with {sampler}")
         source_latent, conditions, context = self.conditions(source, reference, mask, edit_vector)
         offset, scale = self.frame(source_latent, reference, edit_vector)
+        # exports before the key have no class embedding
+        class_labels = self.edit_input(edit_vector) if self.spec.get("edit_embedding") else None
         scheduler = self.scheduler
         scheduler.set_timesteps(sampler["num_steps"])
         known = None
@@ -162,7 +164,7 @@ class MultitaskEditor:
         stride = scheduler.config.num_train_timesteps // sampler["num_steps"]
         z = noise
         for t in scheduler.timesteps:
-            prediction = self.unet(torch.cat([z, conditions], dim=1), t, context).sample
+            prediction = self.unet(torch.cat([z, conditions], dim=1), t, context, class_labels=class_labels).sample
             if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A (exports before the key: absent)
                 prediction = prediction + conditions[:, :source_latent.shape[1]]  # z_A as the U-Net reads it
             z = scheduler.step(prediction, t, z).prev_sample

@@ -69,13 +69,16 @@ _MODEL_CHECKS = {
     "source_skip": checks.BOOLEAN,
     "standardise": checks.one_of(STANDARDISATIONS),
     "standardise_min_std": checks.number_above(0),
+    "edit_embedding": checks.BOOLEAN,
     "mapping": checks.ANY,
     "unet": checks.ANY,
 }
 _MAPPING_CHECKS = {"depth": checks.int_at_least(1), "hidden_dim": checks.int_at_least(1),
                    "num_tokens": checks.int_at_least(1)}
 # config.model.unet: diffusers UNet2DConditionModel config keys; the channels in and out are derived.
-_UNET_KEYS = tuple(f.name for f in dataclasses.fields(UNetConfig) if f.name not in ("in_channels", "out_channels"))
+# Derived, not set: the channel counts, and the class embedding (config.model.edit_embedding).
+_DERIVED_UNET_KEYS = ("in_channels", "out_channels", "class_embed_type", "projection_class_embeddings_input_dim")
+_UNET_KEYS = tuple(f.name for f in dataclasses.fields(UNetConfig) if f.name not in _DERIVED_UNET_KEYS)
 EVALUATOR_KINDS = ("edit_grid", "edit_tables")
 
 
@@ -164,6 +167,7 @@ class EditConditions(NamedTuple):
     image: jax.Array  # concatenated to z_t, (B, h, w, c)
     context: jax.Array | None  # cross-attention context (B, tokens, dim); None for Palette++
     frame: tuple[jax.Array, jax.Array]  # (offset, scale) of the diffused latent (MultitaskModel.frame)
+    class_labels: jax.Array | None  # C for the U-Net's class embedding (B, edit_dim), with `edit_embedding`
 
 
 class MultitaskModel(latents_lib.LatentModel):
@@ -182,13 +186,16 @@ class MultitaskModel(latents_lib.LatentModel):
     ("source") or, where colour is transferred, the reference latent's ("colour_reference"), the U-Net reading
     z_A standardised by its own statistics and the colour reference relative to the source's; the target is a
     whole image, not a near-zero departure, but its levels and contrast are the frame's, which the U-Net's
-    group-normalised output need not reproduce.
+    group-normalised output need not reproduce. `edit_embedding` also gives C to the U-Net's class embedding
+    (added to the time embedding, so it reaches every ResNet — the finest level too, which has no
+    cross-attention in the demo's U-Net — scaling and shifting its features with "scale_shift" ResNets).
     """
 
     def __init__(self, autoencoder: nnx.Module, unet: UNet2DConditionModel, mapping: MappingNetwork | None,
                  *, use_task_labels: bool, strength_scales: tuple[float, ...] | None = None,
                  mask_channel: bool = False, residual: bool = False, residual_scale: float = 1.0,
-                 source_skip: bool = False, standardise: str = "none", standardise_min_std: float = 0.05):
+                 source_skip: bool = False, standardise: str = "none", standardise_min_std: float = 0.05,
+                 edit_embedding: bool = False):
         self.autoencoder = autoencoder
         self.unet = unet
         self.mapping = mapping
@@ -200,6 +207,7 @@ class MultitaskModel(latents_lib.LatentModel):
         self.source_skip = source_skip
         self.standardise = standardise
         self.standardise_min_std = standardise_min_std
+        self.edit_embedding = edit_embedding
 
     def edit_input(self, edit_vector: jax.Array) -> jax.Array:
         """C as the model reads it (`scaled_edit_vector`), the task labels dropped in the no_labels ablation:
@@ -211,7 +219,8 @@ class MultitaskModel(latents_lib.LatentModel):
         """Everything one batch conditions on, computed once (`EditConditions`): z_A; the image conditions
         concatenated to z_t (B, h, w, c) — z_A (standardised by its own statistics with a frame: the copy of
         the photo's content), the colour reference (relative to the source's levels with a frame), the mask
-        (with `mask_channel`), C (Palette++); the cross-attention context (or None); the frame (`frame`)."""
+        (with `mask_channel`), C (Palette++); the cross-attention context (or None); the frame (`frame`); C as
+        the class embedding's input (with `edit_embedding`, else None)."""
         source_latent = self.encode(batch["source"])
         b, h, w, _ = source_latent.shape
         reference = jax.image.resize(batch["reference"].astype(jnp.float32), (b, h, w, 3), "linear",
@@ -233,7 +242,7 @@ class MultitaskModel(latents_lib.LatentModel):
         else:
             context = self.mapping(edit)
         return EditConditions(source_latent, jnp.concatenate(concat, axis=-1), context,
-                              self.frame(batch, source_latent))
+                              self.frame(batch, source_latent), edit if self.edit_embedding else None)
 
     def frame(self, batch: Batch, source_latent: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(offset, scale), broadcastable to the latent (B, h, w, C): the model diffuses (z_B - offset) / scale
@@ -264,14 +273,15 @@ class MultitaskModel(latents_lib.LatentModel):
         offset, scale = frame
         return offset + scale * diffused
 
-    def denoise(self, noisy_latent: jax.Array, t: jax.Array, image_conditions: jax.Array,
-                context: jax.Array | None) -> jax.Array:
-        """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, image conditions), float32 (B, h, w, C);
-        with `source_skip` the x_0 estimate z_A (as the image conditions carry it) + UNet(...)."""
-        unet_input = jnp.concatenate([noisy_latent, image_conditions], axis=-1)
-        prediction = self.unet(unet_input, t, context).astype(jnp.float32)
+    def denoise(self, noisy_latent: jax.Array, t: jax.Array, conditions: EditConditions) -> jax.Array:
+        """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, image conditions) with the context (and C
+        in its class embedding with `edit_embedding`), float32 (B, h, w, C); with `source_skip` the x_0
+        estimate z_A (as the image conditions carry it) + UNet(...)."""
+        unet_input = jnp.concatenate([noisy_latent, conditions.image], axis=-1)
+        prediction = self.unet(unet_input, t, conditions.context,
+                               class_labels=conditions.class_labels).astype(jnp.float32)
         if self.source_skip:
-            prediction = prediction + image_conditions[..., :self.autoencoder.latent_channels]
+            prediction = prediction + conditions.image[..., :self.autoencoder.latent_channels]
         return prediction
 
 
@@ -328,13 +338,23 @@ class MultitaskMethod(Method):
             if concat and unet_config.has_cross_attention:
                 raise ValueError("config.model.conditioning = 'concat' (Palette++) needs a U-Net without "
                                  "cross-attention; the pretrained U-Net has cross-attention blocks")
-            return dataclasses.replace(unet_config, in_channels=in_channels)
-        fields = model_config.unet.to_dict()
+            if unet_config.class_embed_type is not None:
+                raise ValueError(f"the pretrained U-Net has class_embed_type={unet_config.class_embed_type!r}; "
+                                 f"the multitask model gives the class embedding only C (config.model."
+                                 f"edit_embedding) and needs a pretrained U-Net without one")
+            return dataclasses.replace(unet_config, in_channels=in_channels, **self._class_embedding_fields())
+        fields = model_config.unet.to_dict() | self._class_embedding_fields()
         if concat:
             fields["down_block_types"] = tuple("DownBlock2D" for _ in fields["down_block_types"])
             fields["up_block_types"] = tuple("UpBlock2D" for _ in fields["up_block_types"])
             fields["mid_block_type"] = "UNetMidBlock2D"
         return UNetConfig(**fields, in_channels=in_channels, out_channels=latent_channels)
+
+    def _class_embedding_fields(self) -> dict:
+        """The U-Net's class embedding: C (edit_dim) in with config.model.edit_embedding, none otherwise."""
+        if not self.config.model.edit_embedding:
+            return {}
+        return dict(class_embed_type="projection", projection_class_embeddings_input_dim=self.edit_dim)
 
     def init_model(self, rngs: nnx.Rngs) -> MultitaskModel:
         model_config = self.config.model
@@ -350,12 +370,14 @@ class MultitaskMethod(Method):
                               strength_scales=scales, mask_channel=model_config.mask_channel,
                               residual=model_config.residual, residual_scale=model_config.residual_scale,
                               source_skip=model_config.source_skip, standardise=model_config.standardise,
-                              standardise_min_std=model_config.standardise_min_std)
+                              standardise_min_std=model_config.standardise_min_std,
+                              edit_embedding=model_config.edit_embedding)
 
     def pretrained_state(self) -> FlatState:
         """The SD VAE (frozen) and U-Net (fine-tuned) from config.pretrained. The U-Net's conv_in gets zero
         weights for its new input channels (source latent, colour reference), so at initialisation the
-        concatenated conditions change nothing, as InstructPix2Pix does."""
+        concatenated conditions change nothing, as InstructPix2Pix does; for the same reason a new class
+        embedding (config.model.edit_embedding) starts with a zero output layer."""
         values = {}
         if self.config.model.autoencoder == "vae":
             from editdiff.interop.diffusers_vae import load_vae  # torch-free unless a .bin is read
@@ -369,6 +391,10 @@ class MultitaskMethod(Method):
             in_channels = self._unet_config(self._latent_channels()).in_channels
             unet[("unet", "conv_in", "kernel")] = np.pad(
                 kernel, ((0, 0), (0, 0), (0, in_channels - kernel.shape[2]), (0, 0)))
+            if self.config.model.edit_embedding:
+                time_dim = unet[("unet", "time_embedding", "linear_2", "bias")].shape[0]
+                unet[("unet", "class_embedding", "linear_2", "kernel")] = np.zeros((time_dim, time_dim), np.float32)
+                unet[("unet", "class_embedding", "linear_2", "bias")] = np.zeros((time_dim,), np.float32)
             values.update(unet)
         return values
 
@@ -394,7 +420,7 @@ class MultitaskMethod(Method):
         t = sample_timesteps(t_key, target_latent.shape[0], self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_key, target_latent.shape, jnp.float32)
         noisy = q_sample(self.schedule, target_latent, t, noise)
-        prediction = model.denoise(noisy, t, conditions.image, conditions.context)
+        prediction = model.denoise(noisy, t, conditions)
         loss = diffusion_loss(self.schedule, prediction, target_latent, noise, t,
                               **loss_settings(self.config.diffusion))
         return loss, {"loss": loss}
@@ -406,7 +432,7 @@ class MultitaskMethod(Method):
         x_T = jax.random.normal(start_key, (b, h, w, model.autoencoder.latent_channels), jnp.float32)
 
         def model_fn(z, t):
-            return model.denoise(z, t, conditions.image, conditions.context)
+            return model.denoise(z, t, conditions)
 
         s = self.config.sampler
         settings = sampler_settings(s)
@@ -494,6 +520,8 @@ class MultitaskMethod(Method):
             # reference standardised by the source image's per-channel mean and std (same floor)
             "standardise": model.standardise,
             "standardise_min_std": model.standardise_min_std,
+            # true: the U-Net's class embedding reads C as the mapping network does (class_labels = C)
+            "edit_embedding": model.edit_embedding,
             "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region")},
         })
         return written

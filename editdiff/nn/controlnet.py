@@ -92,9 +92,10 @@ class ControlNetConfig:
     def from_unet(cls, unet: UNetConfig, *, conditioning_channels: int = 3,
                   conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256)) -> "ControlNetConfig":
         """The ControlNet whose encoder matches `unet`'s (diffusers' ControlNetModel.from_unet)."""
-        for key, default in (("time_embedding_dim", None), ("conv_in_kernel", 3)):
+        for key, default, whose in (("time_embedding_dim", None, "diffusers'"), ("conv_in_kernel", 3, "diffusers'"),
+                                    ("class_embed_type", None, "our"), ("resnet_time_scale_shift", "default", "our")):
             if getattr(unet, key) != default:
-                raise ValueError(f"ControlNetConfig.from_unet: UNetConfig.{key}={getattr(unet, key)!r}; diffusers' "
+                raise ValueError(f"ControlNetConfig.from_unet: UNetConfig.{key}={getattr(unet, key)!r}; {whose} "
                                  f"ControlNetModel supports only {default!r}")
         return cls(conditioning_channels=conditioning_channels,
                    conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from editdiff.nn.layers import ModulatedConv, TimestepEmbedding, conv2d, group_norm, timestep_embedding
+from editdiff.nn.layers import (TIME_EMBEDDING_NORMS, ModulatedConv, TimestepEmbedding, conv2d, group_norm,
+                                timestep_embedding)
 from editdiff.nn.modulated_conv import Modulation, offset_shapes, submodulation
 from editdiff.nn.unet_blocks import AttentionSpec, CrossAttentionSpec, DownBlock2D, UNetMidBlock2D, UpBlock2D
 
@@ -29,16 +30,17 @@ Dtype = jnp.dtype
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D")
+CLASS_EMBED_TYPES = (None, "projection")
 
 # diffusers config keys we do not implement: accepted only with the value that leaves the model unchanged.
 UNET_FIXED_KEYS: dict[str, Any] = {
     "center_input_sample": False, "only_cross_attention": False, "dropout": 0.0,
     "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
-    "dual_cross_attention": False, "class_embed_type": None, "addition_embed_type": None,
-    "addition_time_embed_dim": None, "num_class_embeds": None, "resnet_time_scale_shift": "default",
+    "dual_cross_attention": False, "addition_embed_type": None,
+    "addition_time_embed_dim": None, "num_class_embeds": None,
     "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional",
     "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
-    "projection_class_embeddings_input_dim": None, "attention_type": "default",
+    "attention_type": "default",
     "class_embeddings_concat": False, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
     "addition_embed_type_num_heads": 64, "num_attention_heads": None,
 }
@@ -109,6 +111,10 @@ class UNetConfig:
     UNet2DConditionModel rejects `num_attention_heads`, so do we); per-block settings are an int or one value
     per down block. `upcast_attention` is kept for export only: our attention always computes its logits and
     softmax in float32. diffusers' "UNetMidBlock2D" in this model is a single resnet without attention.
+    `class_embed_type` "projection" adds class_embedding(class_labels) — the time MLP's shape from
+    `projection_class_embeddings_input_dim` to time_embed_dim — to the time embedding, so a per-example vector
+    reaches every ResNet; `resnet_time_scale_shift` "scale_shift" makes that embedding scale and shift each
+    ResNet's second group norm instead of adding to its input (`ResnetBlock2D`).
     """
 
     sample_size: int | tuple[int, int] | None = None
@@ -136,6 +142,9 @@ class UNetConfig:
     time_embedding_dim: int | None = None
     conv_in_kernel: int = 3
     conv_out_kernel: int = 3
+    class_embed_type: str | None = None
+    projection_class_embeddings_input_dim: int | None = None
+    resnet_time_scale_shift: str = "default"
 
     def __post_init__(self):
         freeze_sequences(self)
@@ -147,6 +156,12 @@ class UNetConfig:
         check_choice(owner, "mid_block_type", self.mid_block_type, MID_BLOCK_TYPES)
         check_choice(owner, "act_fn", self.act_fn, ("silu", "swish"))
         check_choice(owner, "downsample_padding", self.downsample_padding, (0, 1))
+        check_choice(owner, "class_embed_type", self.class_embed_type, CLASS_EMBED_TYPES)
+        check_choice(owner, "resnet_time_scale_shift", self.resnet_time_scale_shift, TIME_EMBEDDING_NORMS)
+        input_dim = self.projection_class_embeddings_input_dim
+        if self.class_embed_type == "projection" and not (isinstance(input_dim, int) and input_dim > 0):
+            raise ValueError(f"{owner}: class_embed_type='projection' needs projection_class_embeddings_input_dim, "
+                             f"a positive int (got {input_dim!r})")
         for key in ("block_out_channels", "up_block_types"):
             if len(getattr(self, key)) != n:
                 raise ValueError(f"{owner}: {key}={getattr(self, key)!r} must have one entry per down block ({n})")
@@ -223,11 +238,17 @@ def _cross_attention_specs(config, block_types: Sequence[str], attention_impleme
             if block_type.startswith("CrossAttn") else None for i, block_type in enumerate(block_types)]
 
 
+def _time_norm(config) -> str:
+    # A ControlNet's config has no such field: its ResNets are always "default" (ControlNetConfig.from_unet).
+    return getattr(config, "resnet_time_scale_shift", "default")
+
+
 def build_down_blocks(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
                       rngs: nnx.Rngs) -> nnx.List:
     """The encoder stages of a U-Net or ControlNet `config` (both carry diffusers' field names)."""
     specs = _cross_attention_specs(config, config.down_block_types, attention_implementation)
-    return stack_down_blocks(config, specs, temb_channels=temb_channels, dtype=dtype, rngs=rngs)
+    return stack_down_blocks(config, specs, temb_channels=temb_channels, time_embedding_norm=_time_norm(config),
+                             dtype=dtype, rngs=rngs)
 
 
 def build_mid_block(config, *, temb_channels: int, attention_implementation: str | None, dtype: Dtype,
@@ -235,7 +256,8 @@ def build_mid_block(config, *, temb_channels: int, attention_implementation: str
     """The middle stage of a U-Net or ControlNet `config`, as diffusers' `get_mid_block` builds it."""
     n = len(config.down_block_types)
     common = dict(temb_channels=temb_channels, groups=config.norm_num_groups, eps=config.norm_eps,
-                  output_scale_factor=config.mid_block_scale_factor, dtype=dtype, rngs=rngs)
+                  output_scale_factor=config.mid_block_scale_factor, time_embedding_norm=_time_norm(config),
+                  dtype=dtype, rngs=rngs)
     if config.mid_block_type == "UNetMidBlock2DCrossAttn":
         spec = CrossAttentionSpec(per_block(config.attention_head_dim, n)[-1], config.cross_attention_dim,
                                   per_block(config.transformer_layers_per_block, n)[-1], attention_implementation)
@@ -247,7 +269,8 @@ def build_up_blocks(config: UNetConfig, *, temb_channels: int, attention_impleme
                     rngs: nnx.Rngs) -> nnx.List:
     """The decoder stages of a U-Net `config`."""
     specs = _cross_attention_specs(config, config.up_block_types, attention_implementation, reverse=True)
-    return stack_up_blocks(config, specs, temb_channels=temb_channels, dtype=dtype, rngs=rngs)
+    return stack_up_blocks(config, specs, temb_channels=temb_channels, time_embedding_norm=_time_norm(config),
+                           dtype=dtype, rngs=rngs)
 
 
 def checkpointed(call: Callable, remat: bool) -> Callable:
@@ -349,6 +372,8 @@ class UNet2DConditionModel(nnx.Module):
         self.conv_in = conv2d(config.in_channels, channels[0], config.conv_in_kernel,
                               padding=(config.conv_in_kernel - 1) // 2, dtype=dtype, rngs=rngs)
         self.time_embedding = TimestepEmbedding(channels[0], temb, dtype=dtype, rngs=rngs)
+        self.class_embedding = (None if config.class_embed_type is None else TimestepEmbedding(
+            config.projection_class_embeddings_input_dim, temb, dtype=dtype, rngs=rngs))
         blocks = dict(temb_channels=temb, attention_implementation=attention_implementation, dtype=dtype, rngs=rngs)
         self.down_blocks = build_down_blocks(config, **blocks)
         self.mid_block = build_mid_block(config, **blocks)
@@ -359,12 +384,13 @@ class UNet2DConditionModel(nnx.Module):
                                padding=(config.conv_out_kernel - 1) // 2, dtype=dtype, rngs=rngs)
 
     def __call__(self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array | None,
-                 *, down_residuals: Sequence[jax.Array | None] | None = None,
+                 *, class_labels: jax.Array | None = None, down_residuals: Sequence[jax.Array | None] | None = None,
                  mid_residual: jax.Array | None = None, modulation: Modulation | None = None) -> jax.Array:
         """Predicts (B, H, W, out_channels) in `dtype` from a (B, H, W, in_channels) latent.
 
         timesteps: (B,) or a scalar. encoder_hidden_states: (B, L, cross_attention_dim), may be None only when
-        no block has cross-attention. down_residuals: one (B, h, w, c) per skip connection (diffusers'
+        no block has cross-attention. class_labels: (B, projection_class_embeddings_input_dim), required
+        exactly when the config has a class embedding. down_residuals: one (B, h, w, c) per skip connection (diffusers'
         ControlNet order, `num_skip_connections(config)` of them; None entries add nothing), added to the skips;
         mid_residual: (B, h, w, c) added to the mid-block output. modulation: {conv path from
         `modulation_paths(self)`: (a (B, kh, kw, Cin), b (B, kh, kw, Cout))}, each conv's kernel becoming
@@ -373,6 +399,9 @@ class UNet2DConditionModel(nnx.Module):
         if encoder_hidden_states is None and self.config.has_cross_attention:
             raise ValueError("UNet2DConditionModel: encoder_hidden_states is None but the config has "
                              "cross-attention blocks")
+        if (class_labels is None) != (self.class_embedding is None):
+            raise ValueError(f"UNet2DConditionModel: class_embed_type={self.config.class_embed_type!r} but "
+                             f"class_labels {'not ' if class_labels is None else ''}given")
         if down_residuals is not None and len(down_residuals) != num_skip_connections(self.config):
             raise ValueError(f"UNet2DConditionModel: {len(down_residuals)} down_residuals given, the U-Net has "
                              f"{num_skip_connections(self.config)} skip connections")
@@ -380,6 +409,8 @@ class UNet2DConditionModel(nnx.Module):
             check_modulation(self, modulation, sample.shape[0])
         context = None if encoder_hidden_states is None else encoder_hidden_states.astype(self.dtype)
         emb = embed_timesteps(self.time_embedding, self.config, timesteps, sample.shape[0], self.dtype)
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(class_labels.astype(self.dtype))
 
         h, skips = run_down_blocks(self.down_blocks, self.conv_in(sample.astype(self.dtype)), emb, context,
                                    remat=self.remat)
