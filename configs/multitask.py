@@ -17,15 +17,15 @@ Presets, chosen after the colon; modifiers (the paper's comparison arms) follow 
       budgets it collapsed to doing nothing (benchmarks/RESULTS.md, issue 14 item 1), as did
       model.source_skip (x0_hat = z_A + UNet(...)), also off.
 
-      Expect (measured 2026-12-02 with nothing else running, an empty compilation cache: 23 min 26 s wall,
-      0.6 steps/s, peak RSS 2.9 GB — on a day this 2-core machine ran `python -m benchmarks.unet`'s tiny step in
-      0.078 s, against 0.026 s in issue 15's idle run): `runs/demo/eval/step_0000800.md` where the model beats
-      the do-nothing baseline on L1 and PSNR for grain (L1 0.016 vs 0.020), colour transfer (0.051 vs 0.172),
-      inpainting (0.024 vs 0.035), blur+grain (0.016 vs 0.024) and the three combinations with colour
-      (0.037-0.042 vs 0.171-0.174), and on the grain sets' high-pass std error (0.004-0.009 vs 0.016-0.020); it
-      still loses on blur (L1 0.0125 vs 0.0109, PSNR 34.8 vs 37.4) and sharpening (0.027 vs 0.011), and the
-      grain sets' low-pass L1 is level with or just above the untouched photo's (0.0072 vs 0.0065 grain). Sample
-      grids in `runs/demo/samples/` (grain still looks smoother than the target's; small holes stay partly
+      Expect (measured 2026-12-03 with nothing else running, an empty compilation cache: 11 min 57 s wall,
+      train step compiled in 25 s, 1.2-2.0 steps/s, peak RSS 3.0 GB; on a slow day of the same machine the
+      previous preset took 23 min 26 s): `runs/demo/eval/step_0000800.md` where the model beats the do-nothing
+      baseline on L1 and PSNR for grain (L1 0.015 vs 0.020), colour transfer (0.054 vs 0.172), inpainting
+      (0.026 vs 0.035), blur+grain (0.015 vs 0.024) and the three combinations with colour (0.037-0.041 vs
+      0.171-0.174), and on the grain sets' high-pass std error (0.004-0.008 vs 0.016-0.020); it still loses on
+      blur (L1 0.0113 vs 0.0109, PSNR 35.9 vs 37.4) and sharpening (0.025 vs 0.011), and the grain sets'
+      low-pass L1 is level with or just above the untouched photo's (0.0072 vs 0.0065 grain). Sample grids in
+      `runs/demo/samples/` (grain still looks smoother than the target's; small holes stay partly
       grey). Then edit your own photo at its resolution:
 
         python main.py --config configs/multitask.py --workdir runs/demo --mode=edit \\
@@ -148,7 +148,9 @@ def _demo(config: ml_collections.ConfigDict) -> None:
     # from (source, C) and the model can only average over directions.
     config.data.motion_blur.angle_mode = "fixed"
     t = config.train
-    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 5e-4, 100, "cosine"
+    # lr 1e-3 over 5e-4 at 800 steps: blur L1 0.0125 -> 0.0113, sharpening 0.0272 -> 0.0248, grain 0.0155 ->
+    # 0.0147; colour 0.0496 -> 0.0544, inpainting 0.0242 -> 0.0261 (benchmarks/RESULTS.md, issue 14 item 1).
+    t.num_steps, t.learning_rate, t.warmup_steps, t.schedule = 800, 1e-3, 100, "cosine"
     t.ema_decay = 0.99
     t.log_every, t.checkpoint_every = 100, 400
     config.evals.samples.every = 400
