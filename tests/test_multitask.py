@@ -205,6 +205,34 @@ def test_source_skip_round_trips_through_the_export_and_starts_from_the_source(t
     np.testing.assert_allclose(expected, np.clip(batch["source"], -1, 1), atol=1e-6)
 
 
+def test_source_start_round_trips_through_the_export_and_a_source_copier_returns_the_source_frame(tmp_path):
+    """With config.sampler.source_strength < 1 the sampler starts from the source in the model's frame
+    (`start_latent`) re-noised: the exported PyTorch editor (multitask.json's sampler) edits as the JAX sampler
+    does, and a model whose x_0 estimate is that start (source skip, zero U-Net output) returns it — the
+    untouched source, or for a colour transfer the source carried to the reference's latent statistics."""
+    config = tiny()
+    config.model.residual, config.model.standardise = False, "colour_reference"
+    config.model.source_skip, config.diffusion.prediction_type = True, "sample"
+    config.sampler.num_steps, config.sampler.source_strength = 4, 0.5
+    method = MultitaskMethod(config)
+    model = method.init_model(nnx.Rngs(0))
+    batch = _eval_batch(method, "blur+grain+colour")
+    err, _ = _torch_edit_error(method, model, batch, tmp_path / "random")
+    assert json.load(open(tmp_path / "random" / "multitask.json"))["sampler"]["source_strength"] == 0.5
+    print(f"source start 0.5: torch editor vs JAX sampler, max abs error {err:.2e}")
+    assert err < 1e-3
+    model.unet.conv_out.kernel[...] = jnp.zeros_like(model.unet.conv_out.kernel[...])
+    model.unet.conv_out.bias[...] = jnp.zeros_like(model.unet.conv_out.bias[...])
+    for name in ("blur", "blur+grain+colour"):
+        batch = _eval_batch(method, name)
+        conditions = model.conditions(batch)
+        expected = model.decode(model.edited_latent(model.start_latent(conditions), conditions.frame))
+        if name == "blur":  # no colour transfer: the start is the source itself
+            np.testing.assert_allclose(expected, batch["source"], atol=1e-5)
+        np.testing.assert_allclose(method.sample(model, batch, jax.random.key(1)), np.clip(expected, -1, 1),
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("standardise", ["source", "colour_reference"])
 def test_standardised_frame_inverts_exactly_and_round_trips_through_the_export(tmp_path, standardise):
     """With config.model.standardise the diffused latent is (z_B - mu) / s, mu and s the per-example,
@@ -326,6 +354,9 @@ def test_comparison_arms_build_and_give_a_finite_loss(arg):
     ("model.source_skip", True, "config.model.source_skip and config.model.residual are exclusive"),
     ("model.standardise", "source", "config.model.standardise and config.model.residual are exclusive"),
     ("model.standardise", "mean", "config.model.standardise = 'mean' is invalid; allowed: one of "),
+    ("sampler.source_strength", 0.0, "config.sampler.source_strength = 0.0 is invalid; allowed: a number in (0, 1]"),
+    ("sampler.source_strength", 0.4, "config.sampler.source_strength = 0.4 is invalid; allowed: at least "
+                                     "1 / config.sampler.num_steps = 0.5 (it would run no step of 2)"),
 ])
 def test_invalid_config_is_one_clear_error_before_anything_compiles(tmp_path, key, value, message):
     config = tiny()

@@ -1,7 +1,7 @@
 """The exported multitask model edited in PyTorch: diffusers' UNet2DConditionModel and DDIMScheduler, the torch
 mapping network, and the U-Net input assembled as the export's `multitask.json` records it (strength scales,
-mask channel, residual, source skip, standardisation, the edit vector in the class embedding). The same edit as `--mode=edit` on the JAX model, for
-users who ship PyTorch:
+mask channel, residual, source skip, standardisation, the edit vector in the class embedding, the sampler's
+start). The same edit as `--mode=edit` on the JAX model, for users who ship PyTorch:
 
     from editdiff.interop.multitask_torch import MultitaskEditor
     editor = MultitaskEditor.from_export("runs/demo/export")
@@ -148,7 +148,8 @@ class MultitaskEditor:
 
     @torch.no_grad()
     def __call__(self, source, reference, mask, edit_vector, noise) -> torch.Tensor:
-        """The edited images (B, 3, H, W) in [-1, 1]: DDIM over the export's sampler settings, from x_T = noise."""
+        """The edited images (B, 3, H, W) in [-1, 1]: DDIM over the export's sampler settings, from x_T = noise
+        (or, with source_strength < 1, from the source re-noised with it)."""
         sampler = self.spec["sampler"]
         if sampler["name"] != "ddim" or sampler["eta"]:
             raise ValueError(f"MultitaskEditor samples with deterministic DDIM; the export was made with {sampler}")
@@ -162,8 +163,14 @@ class MultitaskEditor:
         if sampler["blend_known_region"]:
             known = ((source_latent - offset) / scale, self._known_mask(mask, edit_vector))
         stride = scheduler.config.num_train_timesteps // sampler["num_steps"]
-        z = noise
-        for t in scheduler.timesteps:
+        timesteps, z = scheduler.timesteps, noise
+        strength = sampler.get("source_strength", 1.0)  # exports before the key start from noise
+        if strength < 1.0:  # SDEdit from the source as `MultitaskModel.start_latent` gives it
+            timesteps = timesteps[sampler["num_steps"] - int(sampler["num_steps"] * strength):]
+            start = (conditions[:, :source_latent.shape[1]] if self.standardise != "none"
+                     else (source_latent - offset) / scale)
+            z = scheduler.add_noise(start, noise, timesteps[:1])
+        for t in timesteps:
             prediction = self.unet(torch.cat([z, conditions], dim=1), t, context, class_labels=class_labels).sample
             if self.spec.get("source_skip"):  # the U-Net predicts x_0 - z_A (exports before the key: absent)
                 prediction = prediction + conditions[:, :source_latent.shape[1]]  # z_A as the U-Net reads it

@@ -120,6 +120,23 @@ def _model_rules(config: ml_collections.ConfigDict) -> list[str]:
     return problems
 
 
+def _sampler_section() -> checks.Section:
+    """The shared sampler section plus source_strength in (0, 1]: the sampler's start, the source re-noised so
+    that the last int(num_steps * source_strength) steps run (1: from pure noise, the paper's)."""
+    shared = sampler_section()
+    strength = ((lambda v: checks.is_number(v) and 0 < v <= 1), "a number in (0, 1]")
+
+    def kept_steps(config: ml_collections.ConfigDict) -> list[str]:
+        s = config.sampler
+        if int(s.num_steps * s.source_strength) < 1:
+            return [f"config.sampler.source_strength = {s.source_strength!r} is invalid; allowed: at least "
+                    f"1 / config.sampler.num_steps = {1 / s.num_steps:g} (it would run no step of {s.num_steps})"]
+        return []
+
+    return checks.Section("sampler", {**shared.checks, "source_strength": strength},
+                          rules=(*shared.rules, kept_steps))
+
+
 def _vae_config(config: ml_collections.ConfigDict):
     from editdiff.interop.torch_io import read_config
     from editdiff.nn.vae import VAEConfig
@@ -273,6 +290,15 @@ class MultitaskModel(latents_lib.LatentModel):
         offset, scale = frame
         return offset + scale * diffused
 
+    def start_latent(self, conditions: EditConditions) -> jax.Array:
+        """The source as the sampler's clean start (config.sampler.source_strength < 1), (B, h, w, C) float32:
+        with a standardised frame, z_A standardised by its own statistics (as the U-Net reads it; in the
+        colour_reference frame of a colour transfer this is the source carried to the reference's per-channel
+        latent statistics); otherwise z_A in the diffused frame, i.e. the untouched source."""
+        if self.standardise != "none":
+            return conditions.image[..., :self.autoencoder.latent_channels]
+        return self.diffused_latent(conditions.source_latent, conditions.frame)
+
     def denoise(self, noisy_latent: jax.Array, t: jax.Array, conditions: EditConditions) -> jax.Array:
         """eps_theta(z_t, t | conditions): the U-Net on concat(z_t, image conditions) with the context (and C
         in its class embedding with `edit_embedding`), float32 (B, h, w, C); with `source_skip` the x_0
@@ -312,7 +338,7 @@ class MultitaskMethod(Method):
             checks.Section("model.unet", {key: checks.ANY for key in _UNET_KEYS}, rules=(_unet_rule,),
                            optional=_UNET_KEYS),
             diffusion_section(),
-            sampler_section(),
+            _sampler_section(),
             *checks.closed_like("data", default_data_config(), rules=(lambda c: data_problems(c.data),)),
             pretrained_section(),
             multitask_edit.edit_section(),
@@ -436,6 +462,8 @@ class MultitaskMethod(Method):
 
         s = self.config.sampler
         settings = sampler_settings(s)
+        if s.source_strength < 1.0:  # SDEdit from the source: its low frequencies are the target's for most edits
+            settings |= dict(init_latent=model.start_latent(conditions), strength=s.source_strength)
         if s.blend_known_region:  # outside the hole the diffused latent is known: that of z_B = z_A
             settings |= dict(known_latent=model.diffused_latent(conditions.source_latent, conditions.frame),
                              known_mask=self._known_latent_mask(model, batch))
@@ -522,7 +550,8 @@ class MultitaskMethod(Method):
             "standardise_min_std": model.standardise_min_std,
             # true: the U-Net's class embedding reads C as the mapping network does (class_labels = C)
             "edit_embedding": model.edit_embedding,
-            "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region")},
+            "sampler": {key: self.config.sampler[key] for key in ("name", "num_steps", "eta", "blend_known_region",
+                                                                     "source_strength")},
         })
         return written
 
