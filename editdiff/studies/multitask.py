@@ -17,6 +17,12 @@ sets = rows of the paper's tables, arms = its methods. Arms (configs/multitask.p
 
 Resumable arm by arm: an arm whose run has its final evaluation is not trained again; an interrupted arm resumes
 from its last checkpoint. Each arm's own run also writes its sample grids and tables in its workdir.
+
+Expect at demo scale (`--preset demo --num_steps 200`, measured 2026-12-03 on a 2-core CPU: 50 min 23 s wall,
+the test suite sharing the cores for 22 of them, about 3 min 20 s per arm alone): the multi-task model ahead of
+the single-task models in sequence on all four combinations and of Palette++ on three (level on
+blur+grain+colour), pix2pix last; the specialised single-task models ahead on the single tasks; no diffusion arm
+past do-nothing on blur or sharpening at this budget (the table: benchmarks/RESULTS.md, issue 14 item 4).
 """
 from __future__ import annotations
 
