@@ -12,6 +12,8 @@ import torch
 from flax import nnx
 
 from configs.multitask import get_config
+from editdiff.diffusion.parameterisation import q_sample
+from editdiff.diffusion.timesteps import denoising_timesteps
 from editdiff.methods.multitask import MultitaskMethod, strength_scales
 from editdiff.train import mesh as mesh_lib
 from editdiff.train import modes
@@ -214,13 +216,28 @@ def test_source_start_round_trips_through_the_export_and_a_source_copier_returns
     config.model.residual, config.model.standardise = False, "colour_reference"
     config.model.source_skip, config.diffusion.prediction_type = True, "sample"
     config.sampler.num_steps, config.sampler.source_strength = 4, 0.5
+    config.sampler.blend_known_region = True
     method = MultitaskMethod(config)
     model = method.init_model(nnx.Rngs(0))
-    batch = _eval_batch(method, "blur+grain+colour")
-    err, _ = _torch_edit_error(method, model, batch, tmp_path / "random")
-    assert json.load(open(tmp_path / "random" / "multitask.json"))["sampler"]["source_strength"] == 0.5
-    print(f"source start 0.5: torch editor vs JAX sampler, max abs error {err:.2e}")
-    assert err < 1e-3
+    for name in ("inpaint", "blur+grain+colour"):  # with the known region blended in (pure inpainting) and without
+        batch = _eval_batch(method, name)
+        err, _ = _torch_edit_error(method, model, batch, tmp_path / name)
+        assert json.load(open(tmp_path / name / "multitask.json"))["sampler"]["source_strength"] == 0.5
+        print(f"source start 0.5, {name}: torch editor vs JAX sampler, max abs error {err:.2e}")
+        assert err < 1e-3
+
+    # one step (strength 1/4 of 4): the U-Net's x_0 estimate at the grid's last timestep, from the start re-noised
+    # with the sampler's start noise — hand-computed
+    method.config.sampler.source_strength = 0.25
+    batch, rng = _eval_batch(method, "blur+grain+colour"), jax.random.key(3)
+    conditions = model.conditions(batch)
+    start = model.start_latent(conditions)
+    t = int(denoising_timesteps(config.diffusion.num_train_timesteps, 4, config.sampler.spacing)[-1])
+    noisy = q_sample(method.schedule, start, jnp.full((len(start),), t), jax.random.normal(
+        jax.random.split(rng)[0], start.shape))
+    x0 = model.denoise(noisy, jnp.full((len(start),), t), conditions)
+    np.testing.assert_allclose(method.sample(model, batch, rng),
+                               np.clip(model.decode(model.edited_latent(x0, conditions.frame)), -1, 1), atol=1e-5)
     model.unet.conv_out.kernel[...] = jnp.zeros_like(model.unet.conv_out.kernel[...])
     model.unet.conv_out.bias[...] = jnp.zeros_like(model.unet.conv_out.bias[...])
     for name in ("blur", "blur+grain+colour"):

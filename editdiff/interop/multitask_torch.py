@@ -19,6 +19,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from editdiff.diffusion.timesteps import first_step_for_strength
 from editdiff.interop.mapping_network import load_torch_mapping_network
 
 INPAINT_ONLY = (0.0, 0.0, 0.0, 1.0, 0.0)  # task labels [blur, grain, colour, inpaint, sharpen]
@@ -166,7 +167,7 @@ class MultitaskEditor:
         timesteps, z = scheduler.timesteps, noise
         strength = sampler.get("source_strength", 1.0)  # exports before the key start from noise
         if strength < 1.0:  # SDEdit from the source as `MultitaskModel.start_latent` gives it
-            timesteps = timesteps[sampler["num_steps"] - int(sampler["num_steps"] * strength):]
+            timesteps = timesteps[first_step_for_strength(sampler["num_steps"], strength):]
             start = (conditions[:, :source_latent.shape[1]] if self.standardise != "none"
                      else (source_latent - offset) / scale)
             z = scheduler.add_noise(start, noise, timesteps[:1])

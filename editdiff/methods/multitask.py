@@ -35,6 +35,7 @@ from editdiff.diffusion.config import (diffusers_scheduler_config, diffusion_sec
 from editdiff.diffusion.losses import diffusion_loss, sample_timesteps
 from editdiff.diffusion.parameterisation import q_sample
 from editdiff.diffusion.schedules import schedule_from_config
+from editdiff.diffusion.timesteps import first_step_for_strength
 from editdiff.heads.mapping import MappingNetwork
 from editdiff.methods import latents as latents_lib
 from editdiff.methods import multitask_edit
@@ -128,7 +129,9 @@ def _sampler_section() -> checks.Section:
 
     def kept_steps(config: ml_collections.ConfigDict) -> list[str]:
         s = config.sampler
-        if int(s.num_steps * s.source_strength) < 1:
+        try:
+            first_step_for_strength(s.num_steps, s.source_strength)
+        except ValueError:  # the strength keeps no step of the grid
             return [f"config.sampler.source_strength = {s.source_strength!r} is invalid; allowed: at least "
                     f"1 / config.sampler.num_steps = {1 / s.num_steps:g} (it would run no step of {s.num_steps})"]
         return []
