@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editdiff.nn.conv import conv_general_dilated
 from editdiff.nn.layers import TimestepEmbedding, conv2d, timestep_embedding
 from editdiff.nn.modulated_conv import Modulation
 
@@ -153,7 +154,8 @@ def _conv_no_bias(in_channels: int, out_channels: int, kernel_size: int, stride:
     """A conv before a BatchNorm: no bias (the BatchNorm's shift replaces it), torch's symmetric padding."""
     pad = (kernel_size - 1) // 2
     return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
-                    padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype, rngs=rngs)
+                    padding=((pad, pad), (pad, pad)), use_bias=False, conv_general_dilated=conv_general_dilated,
+                    dtype=dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):

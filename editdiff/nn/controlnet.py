@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editdiff.nn.conv import conv_general_dilated
 from editdiff.nn.layers import TimestepEmbedding, conv2d
 from editdiff.nn.unet import (DOWN_BLOCK_TYPES, MID_BLOCK_TYPES, UNet2DConditionModel, UNetConfig,
                               build_down_blocks, build_mid_block, check_choice, check_per_block,
@@ -135,7 +136,8 @@ def zero_conv(in_channels: int, out_channels: int, kernel_size: int, *, padding:
               dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
     """A conv whose kernel and bias start at zero, so a fresh ControlNet leaves the U-Net unchanged."""
     return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), padding=((padding, padding),) * 2,
-                    kernel_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
+                    kernel_init=nnx.initializers.zeros_init(), conv_general_dilated=conv_general_dilated,
+                    dtype=dtype, rngs=rngs)
 
 
 class ControlNetModel(nnx.Module):

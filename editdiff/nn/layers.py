@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editdiff.nn.conv import conv_general_dilated
 from editdiff.nn.modulated_conv import Modulation, Offsets, modulation_delta, offsets_at
 
 Dtype = jnp.dtype
@@ -44,7 +45,8 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, *, stride: int
     """
     conv = ModulatedConv if modulated else nnx.Conv
     return conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
-                padding=((padding, padding), (padding, padding)), dtype=dtype, rngs=rngs)
+                padding=((padding, padding), (padding, padding)), conv_general_dilated=conv_general_dilated,
+                dtype=dtype, rngs=rngs)
 
 
 def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.GroupNorm:

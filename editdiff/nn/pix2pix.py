@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editdiff.nn.conv import conv_general_dilated
+
 NORMS = ("instance", "batch")
 KERNEL = 4
 LEAKY_SLOPE = 0.2
@@ -30,7 +32,8 @@ _INIT = nnx.initializers.normal(0.02)
 def _conv(in_channels: int, out_channels: int, *, stride: int, use_bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Conv:
     """4x4 convolution, padding 1: (B, H, W, in) -> (B, floor(H / stride) - (stride == 1), ..., out)."""
     return nnx.Conv(in_channels, out_channels, (KERNEL, KERNEL), strides=stride, padding=((1, 1), (1, 1)),
-                    use_bias=use_bias, kernel_init=_INIT, dtype=dtype, rngs=rngs)
+                    use_bias=use_bias, kernel_init=_INIT, conv_general_dilated=conv_general_dilated, dtype=dtype,
+                    rngs=rngs)
 
 
 def _up_conv(in_channels: int, out_channels: int, *, use_bias: bool, dtype, rngs: nnx.Rngs) -> nnx.ConvTranspose:
