@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from flax import nnx
 
 from editdiff.nn.conv import conv_general_dilated
@@ -55,6 +56,11 @@ def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.flo
     return nnx.GroupNorm(channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
+# On the CPU, the attention's backward pass over query chunks of this many (when more and a multiple): see
+# dot_product_attention.
+CPU_QUERY_CHUNK = 256
+
+
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, is_causal: bool = False,
                           implementation: str | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v for (B, Lq, heads, head_dim) queries and (B, Lk, heads, head_dim)
@@ -69,9 +75,48 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     self-attention, 2 x 4 heads of 8, the two interleaved over 40 calls: 52 ms -> 36 ms, re-run at load 0.29
     79 ms -> 54 ms;
     `python -m benchmarks.unet_parts` for the U-Net's parts).
+
+    On the CPU, the backward pass of a non-causal attention over more than CPU_QUERY_CHUNK queries (a multiple
+    of it) runs over query chunks, each chunk's forward recomputed there: the (Lq, Lk) probabilities are never
+    kept whole. The backward of a 1024-token self-attention (2 x 8 heads of 4) took 0.117 s instead of 0.261 s
+    (PyTorch's fused kernel 0.095-0.100 s); the forward pass is the whole attention at once, as before: chunked,
+    it made the DDIM-50 sampler 11% slower (benchmarks/RESULTS.md, issue 15).
     """
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(query, key, value, is_causal=is_causal, implementation=implementation)
+    q_len = query.shape[1]
+    if is_causal or jax.default_backend() != "cpu" or q_len <= CPU_QUERY_CHUNK or q_len % CPU_QUERY_CHUNK:
+        return _xla_attention(query, key, value, is_causal)
+    return _attention_with_chunked_backward(query, key, value)
+
+
+@jax.custom_vjp
+def _attention_with_chunked_backward(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+    return _xla_attention(query, key, value, False)
+
+
+def _chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+    """The attention over query chunks of CPU_QUERY_CHUNK, each rematerialised when differentiated."""
+    batch, q_len = query.shape[:2]
+    chunks = jnp.swapaxes(query.reshape(batch, q_len // CPU_QUERY_CHUNK, CPU_QUERY_CHUNK, *query.shape[2:]), 0, 1)
+    out = lax.map(jax.checkpoint(lambda chunk: _xla_attention(chunk, key, value, False)), chunks)
+    return jnp.swapaxes(out, 0, 1).reshape(query.shape[:3] + value.shape[-1:])
+
+
+def _attention_forward(query, key, value):
+    return _xla_attention(query, key, value, False), (query, key, value)
+
+
+def _attention_backward(residuals, cotangent):
+    _, vjp = jax.vjp(_chunked_attention, *residuals)
+    return vjp(cotangent)
+
+
+_attention_with_chunked_backward.defvjp(_attention_forward, _attention_backward)
+
+
+def _xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, is_causal: bool) -> jax.Array:
+    """dot_product_attention's XLA form, all queries at once."""
     heads_first = lambda t: jnp.swapaxes(t, 1, 2)  # (B, L, heads, head_dim) -> (B, heads, L, head_dim)
     scale = jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
     logits = jnp.einsum("bhqd,bhkd->bhqk", heads_first(query) * scale, heads_first(key),
