@@ -1,9 +1,10 @@
 """One convolution, three implementations: XLA's (`lax.conv_general_dilated`), the models' CPU convolution
 (`editdiff.nn.conv.conv_general_dilated`: XLA's forward or im2col, im2col backward) and PyTorch's
-(torch.nn.functional.conv2d, oneDNN), at the shapes of the demo U-Net and of SD-1.5's, float32.
+(torch.nn.functional.conv2d, oneDNN), at the shapes of the demo U-Net and of SD-1.5's, float32; and the im2col
+product's forward alone (`editdiff.nn.conv.im2col_conv`), which IM2COL_FORWARD_MIN_ROWS chooses against.
 
 Per case: the forward pass, and the forward + backward pass to input and kernel of sum(y * cotangent); JAX sides
-jitted; all six calls interleaved (benchmarks/timing.py), median (min-max) ms of --repeats rounds. The last two
+jitted; all seven calls interleaved (benchmarks/timing.py), median (min-max) ms of --repeats rounds. The last two
 columns are the models' convolution over XLA's: below 1 it is faster.
 
     python -m benchmarks.conv
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from jax import lax
 
-from editdiff.nn.conv import conv_general_dilated
+from editdiff.nn.conv import conv_general_dilated, im2col_conv
 
 from benchmarks import timing
 
@@ -61,9 +62,9 @@ def main() -> None:
     timing.check_load("at start", args.max_load)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} | PyTorch {torch.__version__} | "
           f"{timing.thread_counts()} | float32, median (min-max) ms of {args.repeats}, interleaved")
-    print("| B, HxW, Cin -> Cout, k, stride | XLA fwd | ours fwd | PyTorch fwd | XLA fwd+bwd | ours fwd+bwd | "
-          "PyTorch fwd+bwd | ours / XLA fwd | ours / XLA fwd+bwd |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| B, HxW, Cin -> Cout, k, stride | XLA fwd | im2col fwd | ours fwd | PyTorch fwd | XLA fwd+bwd | "
+          "ours fwd+bwd | PyTorch fwd+bwd | ours / XLA fwd | ours / XLA fwd+bwd |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rng = np.random.default_rng(0)
     for batch, size, cin, cout, k, stride in CASES:
         pad = k // 2
@@ -74,6 +75,7 @@ def main() -> None:
         xj, wj, cj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(cotangent)
         xla_fwd, xla_bwd = _jax_pair(lax.conv_general_dilated, stride, pad)
         our_fwd, our_bwd = _jax_pair(conv_general_dilated, stride, pad)
+        im2col_fwd = jax.jit(lambda x, w: im2col_conv(x, w, (stride, stride), ((pad, pad),) * 2))
         np.testing.assert_allclose(our_fwd(xj, wj), xla_fwd(xj, wj), rtol=1e-3, atol=1e-3)
         xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         wt = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
@@ -90,7 +92,8 @@ def main() -> None:
 
         block = jax.block_until_ready
         seconds = timing.interleaved({
-            "xla_fwd": lambda: block(xla_fwd(xj, wj)), "our_fwd": lambda: block(our_fwd(xj, wj)),
+            "xla_fwd": lambda: block(xla_fwd(xj, wj)), "im2col_fwd": lambda: block(im2col_fwd(xj, wj)),
+            "our_fwd": lambda: block(our_fwd(xj, wj)),
             "torch_fwd": torch_forward,
             "xla_bwd": lambda: block(xla_bwd(xj, wj, cj)), "our_bwd": lambda: block(our_bwd(xj, wj, cj)),
             "torch_bwd": torch_backward,
@@ -98,7 +101,8 @@ def main() -> None:
         ms = {name: f"{1e3 * timing.median(v):.2f} ({1e3 * min(v):.2f}-{1e3 * max(v):.2f})"
               for name, v in seconds.items()}
         ratio = lambda ours, xla: timing.median(seconds[ours]) / timing.median(seconds[xla])
-        print(f"| {batch}, {size}x{size}, {cin} -> {cout}, {k}, {stride} | {ms['xla_fwd']} | {ms['our_fwd']} | "
+        print(f"| {batch}, {size}x{size}, {cin} -> {cout}, {k}, {stride} | {ms['xla_fwd']} | {ms['im2col_fwd']} | "
+              f"{ms['our_fwd']} | "
               f"{ms['torch_fwd']} | {ms['xla_bwd']} | {ms['our_bwd']} | {ms['torch_bwd']} | "
               f"{ratio('our_fwd', 'xla_fwd'):.2f} | {ratio('our_bwd', 'xla_bwd'):.2f} |", flush=True)
     timing.check_load("at the end", float("inf"))

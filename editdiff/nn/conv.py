@@ -1,7 +1,7 @@
 """The 2-D convolution every nnx.Conv of the models runs (`conv_general_dilated=conv_general_dilated`): XLA's
 own, except on the CPU, where its backward pass and its forward pass over wide inputs are slow.
 
-XLA:CPU (jaxlib 0.10.2, YNNPACK) computes a 3x3 convolution's gradients 2-4x slower than the same arithmetic
+XLA:CPU (jaxlib 0.10.2, YNNPACK) computes a 3x3 convolution's gradients 1.5-3x slower than the same arithmetic
 written as one matrix product over the input's k*k shifted copies (im2col: (B, H', W', k*k*Cin) @
 (k*k*Cin, Cout)), and its forward pass over 1280 channels 4x slower; over few channels and large images its
 forward pass is the faster one (`python -m benchmarks.conv`, benchmarks/RESULTS.md, issue 15). So on the CPU:
@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# k*k*Cin from which the forward pass is the im2col product on the CPU (512 channels of a 3x3 kernel): below
-# it XLA's convolution was as fast or faster (8 x 32x32 x 64 channels: 9.0 ms vs 28.8 ms for im2col), above it
-# slower (640 channels at 16x16: 0.80x, 1280 channels at 8x8: 0.26x).
+# k*k*Cin from which the forward pass is the im2col product on the CPU (512 channels of a 3x3 kernel). In
+# `python -m benchmarks.conv` (2026-12-04) the im2col forward alone was slower than XLA's below it (8 x 32x32, 64
+# channels: 27.2 ms vs 11.3 ms; 8 x 8x8, 128 channels: 4.0 vs 3.6 ms) and faster above it (16x16, 640 channels:
+# 13.6 vs 20.7 ms; 8x8, 1280 channels: 17.0 vs 69.0 ms); at 320 channels it was level or faster by run.
 IM2COL_FORWARD_MIN_ROWS = 9 * 512
 # Multiply-adds B*H'*W'*k*k*Cin*Cout from which the CPU convolution takes the im2col forms at all: the U-Net of
 # `python -m benchmarks.unet` (batch 2, 16x16, 32-64 channels; 5M per conv) trained 0.063 -> 0.075 s per step with

@@ -10,8 +10,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from flax import nnx
+from jax import lax
 
 from editdiff.nn.conv import conv_general_dilated
 from editdiff.nn.modulated_conv import Modulation, Offsets, modulation_delta, offsets_at
@@ -78,9 +78,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
 
     On the CPU, the backward pass of a non-causal attention over more than CPU_QUERY_CHUNK queries (a multiple
     of it) runs over query chunks, each chunk's forward recomputed there: the (Lq, Lk) probabilities are never
-    kept whole. The backward of a 1024-token self-attention (2 x 8 heads of 4) took 0.117 s instead of 0.261 s
-    (PyTorch's fused kernel 0.095-0.100 s); the forward pass is the whole attention at once, as before: chunked,
-    it made the DDIM-50 sampler 11% slower (benchmarks/RESULTS.md, issue 15).
+    kept whole. It took the tiny U-Net's train step at 32x32 latents (`python -m benchmarks.unet --latent 32
+    --batch 2`, 1024-token self-attention) from 0.602 s to 0.281 s. The forward pass is the whole attention at
+    once, as before: chunked too, it made `python -m benchmarks.sampling`'s DDIM-50 11% slower
+    (benchmarks/RESULTS.md, issue 15).
     """
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(query, key, value, is_causal=is_causal, implementation=implementation)
