@@ -32,7 +32,8 @@ def test_defaults_are_the_multitask_configs_and_pass():
     and set_alpha_to_one at the samplers' own defaults."""
     assert diffusion_config.default_diffusion_config().to_dict() == dict(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        rescale_betas_zero_snr=False, prediction_type="epsilon", loss="l1", min_snr_gamma=0.0)
+        rescale_betas_zero_snr=False, prediction_type="epsilon", loss="l1", loss_space="prediction",
+        min_snr_gamma=0.0)
     assert diffusion_config.default_sampler_config().to_dict() == dict(
         name="ddim", num_steps=50, eta=0.0, spacing="leading", steps_offset=0, set_alpha_to_one=True,
         blend_known_region=False)
@@ -67,7 +68,7 @@ def test_unknown_and_missing_keys_are_refused():
     del config.sampler.spacing
     found = problems(config)
     assert "config.diffusion.beta_schedul is not a known key; known: beta_end, beta_schedule, beta_start, loss, " \
-           "min_snr_gamma, num_train_timesteps, prediction_type, rescale_betas_zero_snr" in found
+           "loss_space, min_snr_gamma, num_train_timesteps, prediction_type, rescale_betas_zero_snr" in found
     assert any(line.startswith("config.sampler.fixed_point_iterations is not a known key") for line in found)
     assert any(line.startswith("config.sampler.spacing is missing") for line in found)
 
@@ -103,6 +104,17 @@ def test_zero_terminal_snr_rule_follows_the_grid_not_the_spacing_name():
     assert problems(experiment(**ZERO_SNR, sampler__num_steps=1000))
     assert problems(experiment(**ZERO_SNR, sampler__num_steps=10, sampler__steps_offset=99))
     assert problems(experiment(**ZERO_SNR, sampler__num_steps=10, sampler__steps_offset=98)) == []
+
+
+def test_x0_space_loss_of_an_epsilon_denoiser_needs_a_nonzero_terminal_snr():
+    """Training draws t = T - 1, where an epsilon denoiser's x_0 error scale s / a is infinite under zero SNR."""
+    x0_space = dict(diffusion__loss_space="x0")
+    found = problems(experiment(**ZERO_SNR, **x0_space, sampler__spacing="leading"))
+    assert found == ["config.diffusion.loss_space = 'x0' is invalid; allowed: 'prediction' with "
+                     "config.diffusion.prediction_type = 'epsilon' and rescale_betas_zero_snr = True (x_0 = "
+                     "(z - sigma eps) / alpha is 0/0 at the last training timestep, where alpha = 0)"]
+    assert problems(experiment(**ZERO_SNR, **x0_space, diffusion__prediction_type="v_prediction")) == []
+    assert problems(experiment(**x0_space)) == []
 
 
 # The point-mass data x_0 = 0 has the exact denoiser eps = z / sigma_t at every timestep; at alpha_bar = 0 it
@@ -206,9 +218,10 @@ def test_sampler_settings_are_what_each_sampler_takes(name):
 
 
 def test_loss_settings():
-    assert diffusion_config.loss_settings(experiment().diffusion) == dict(norm="l1", min_snr_gamma=None)
-    diffusion = experiment(diffusion__loss="l2", diffusion__min_snr_gamma=5.0).diffusion
-    assert diffusion_config.loss_settings(diffusion) == dict(norm="l2", min_snr_gamma=5.0)
+    assert diffusion_config.loss_settings(experiment().diffusion) == dict(norm="l1", space="prediction",
+                                                                          min_snr_gamma=None)
+    diffusion = experiment(diffusion__loss="l2", diffusion__loss_space="x0", diffusion__min_snr_gamma=5.0).diffusion
+    assert diffusion_config.loss_settings(diffusion) == dict(norm="l2", space="x0", min_snr_gamma=5.0)
     schedule = schedule_from_config(diffusion)
     x = jnp.ones((2, 3))
     t = jnp.array([3, 700])

@@ -208,6 +208,25 @@ def test_diffusion_loss_matches_hand_computed_values(prediction_type):
     np.testing.assert_allclose(ours, HAND_LOSSES[prediction_type], rtol=1e-5)
 
 
+@pytest.mark.parametrize("prediction_type", HAND_LOSSES)
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_x0_space_loss_is_the_error_of_the_implied_x0(prediction_type, norm):
+    """space="x0": the loss of x_0 = x0_and_eps(z_t, prediction) against the true x_0, for every prediction type;
+    with min-SNR (gamma = 1) that error weighted by min(SNR, 1) = (1, 9/16) on the two examples."""
+    schedule = make_schedule(num_train_timesteps=2, beta_start=0.36, beta_end=0.4375, prediction_type=prediction_type)
+    x0, noise, prediction, t = (jnp.array(a) for a in (HAND_X0, HAND_NOISE, HAND_PREDICTION, HAND_T))
+    implied_x0, _ = parameterisation.x0_and_eps(schedule, parameterisation.q_sample(schedule, x0, t, noise), t,
+                                                prediction)
+    error = np.abs(np.asarray(implied_x0 - x0)) ** (1 if norm == "l1" else 2)
+    per_example = error.mean(axis=1)
+    ours = losses.diffusion_loss(schedule, prediction, x0, noise, t, norm=norm, space="x0")
+    np.testing.assert_allclose(ours, per_example.mean(), rtol=1e-5)
+    weighted = losses.diffusion_loss(schedule, prediction, x0, noise, t, norm=norm, space="x0", min_snr_gamma=1.0)
+    np.testing.assert_allclose(weighted, np.mean(per_example * [1.0, 9 / 16]), rtol=1e-5)
+    with pytest.raises(ValueError, match="space='pixels'"):
+        losses.diffusion_loss(schedule, prediction, x0, noise, t, space="pixels")
+
+
 def test_sampled_timesteps_cover_the_training_range():
     t = losses.sample_timesteps(jax.random.key(0), 4096, 1000)
     assert t.dtype == jnp.int32 and t.shape == (4096,)

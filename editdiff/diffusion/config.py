@@ -9,6 +9,8 @@ their validation (`editdiff.config_checks.Section`s) and the keyword arguments t
       rescale_betas_zero_snr         rescale so that alpha_bar[T - 1] = 0 exactly (Lin et al. 2023)
       prediction_type                "epsilon" | "v_prediction" | "sample" (x_0)
       loss                           "l1" | "l2": the norm of the noise loss
+      loss_space                     "prediction" (the error of the prediction type's own target) | "x0" (the
+                                     error of the x_0 the prediction implies; `losses.diffusion_loss`)
       min_snr_gamma                  the gamma of min-SNR weighting; 0 = uniform weighting
     config.sampler                   how a method denoises at sampling time (`sampler_settings`)
       name                           "ddim" | "ddpm" | "unipc" | "dpm_solver"
@@ -41,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from editdiff import config_checks as checks
-from editdiff.diffusion.losses import LOSS_NORMS
+from editdiff.diffusion.losses import LOSS_NORMS, LOSS_SPACES
 from editdiff.diffusion.samplers import SAMPLERS, TIMESTEP_GRIDS
 from editdiff.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES
 from editdiff.diffusion.timesteps import INVERSION_SPACINGS, SPACINGS, inversion_timesteps
@@ -51,7 +53,8 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
     """`config.diffusion` with its defaults (see the module docstring)."""
     return ml_collections.ConfigDict(dict(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        rescale_betas_zero_snr=False, prediction_type="epsilon", loss="l1", min_snr_gamma=0.0,
+        rescale_betas_zero_snr=False, prediction_type="epsilon", loss="l1", loss_space="prediction",
+        min_snr_gamma=0.0,
     ))
 
 
@@ -76,6 +79,7 @@ _DIFFUSION_CHECKS: dict[str, checks.Check] = {
     "rescale_betas_zero_snr": checks.BOOLEAN,
     "prediction_type": checks.one_of(PREDICTION_TYPES),
     "loss": checks.one_of(LOSS_NORMS),
+    "loss_space": checks.one_of(LOSS_SPACES),
     "min_snr_gamma": checks.number_at_least(0),
 }
 
@@ -91,8 +95,17 @@ _SAMPLER_CHECKS: dict[str, checks.Check] = {
 
 
 def diffusion_section(prefix: str = "diffusion") -> checks.Section:
-    """The checks of `config.PREFIX` (closed: an unknown key is an error)."""
-    return checks.Section(prefix, _DIFFUSION_CHECKS)
+    """The checks of `config.PREFIX` (closed: an unknown key is an error), and the rule that an epsilon
+    denoiser's x_0-space loss needs a nonzero terminal SNR (its x_0 error scale s / a is infinite where a = 0)."""
+    def rule(config: ml_collections.ConfigDict) -> list[str]:
+        diffusion = checks.lookup(config, prefix)
+        if diffusion.loss_space == "x0" and diffusion.prediction_type == "epsilon" and diffusion.rescale_betas_zero_snr:
+            return [f"config.{prefix}.loss_space = 'x0' is invalid; allowed: 'prediction' with "
+                    f"config.{prefix}.prediction_type = 'epsilon' and rescale_betas_zero_snr = True (x_0 = "
+                    f"(z - sigma eps) / alpha is 0/0 at the last training timestep, where alpha = 0)"]
+        return []
+
+    return checks.Section(prefix, _DIFFUSION_CHECKS, rules=(rule,))
 
 
 def sampler_section(
@@ -164,9 +177,9 @@ def inversion_settings(sampler: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def loss_settings(diffusion: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The keyword arguments of `losses.diffusion_loss` from a diffusion section: norm, and min_snr_gamma
+    """The keyword arguments of `losses.diffusion_loss` from a diffusion section: norm, space, and min_snr_gamma
     (None, uniform weighting, for the section's 0)."""
-    return dict(norm=diffusion.loss, min_snr_gamma=diffusion.min_snr_gamma or None)
+    return dict(norm=diffusion.loss, space=diffusion.loss_space, min_snr_gamma=diffusion.min_snr_gamma or None)
 
 
 def diffusers_scheduler_config(diffusion: ml_collections.ConfigDict,

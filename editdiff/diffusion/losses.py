@@ -1,4 +1,5 @@
-"""Denoising training losses: timestep sampling, L1 / L2 noise loss, min-SNR-gamma weighting.
+"""Denoising training losses: timestep sampling, L1 / L2 noise loss, the loss measured on x_0, min-SNR-gamma
+weighting.
 
 Everything is computed in float32 whatever the compute dtype of the prediction (bfloat16 U-Net outputs are
 upcast first), so a loss value means the same thing on every device.
@@ -12,6 +13,9 @@ from editdiff.diffusion.parameterisation import snr, training_target
 from editdiff.diffusion.schedules import NoiseSchedule
 
 LOSS_NORMS = ("l2", "l1")
+# Where the loss is measured: on the denoiser's own target (epsilon, v or x_0: the prediction type's loss), or on
+# the x_0 its output implies (x0_and_eps), whatever the prediction type.
+LOSS_SPACES = ("prediction", "x0")
 
 
 def sample_timesteps(key: jax.Array, batch_size: int, num_train_timesteps: int) -> jax.Array:
@@ -33,6 +37,18 @@ def min_snr_weights(schedule: NoiseSchedule, t: jax.Array, gamma: float) -> jax.
     if schedule.prediction_type == "v_prediction":
         return clipped / (ratio + 1.0)
     return clipped
+
+
+def x0_error_scale(schedule: NoiseSchedule, t: jax.Array) -> jax.Array:
+    """|x_0's error| / |the prediction's error|, float32 `(B,)`: the implied x_0 (parameterisation.x0_and_eps) is
+    affine in the denoiser's output, with slope -s / a for epsilon (x_0 = (z_t - s eps) / a), -s for v
+    (x_0 = a z_t - s v) and 1 for x_0 itself (a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t))."""
+    alpha_bar = schedule.alphas_cumprod[t].astype(jnp.float32)
+    if schedule.prediction_type == "epsilon":
+        return jnp.sqrt((1.0 - alpha_bar) / alpha_bar)
+    if schedule.prediction_type == "v_prediction":
+        return jnp.sqrt(1.0 - alpha_bar)
+    return jnp.ones_like(alpha_bar)
 
 
 def noise_loss(
@@ -58,13 +74,27 @@ def diffusion_loss(
     t: jax.Array,
     *,
     norm: str = "l2",
+    space: str = "prediction",
     min_snr_gamma: float | None = None,
 ) -> jax.Array:
     """The denoiser's loss against the training target of the schedule's prediction type.
 
     prediction: the denoiser's output at z_t = q_sample(schedule, x0, t, noise), `(B, ...)`; t `(B,)`.
-    min_snr_gamma: None for uniform weighting, else the gamma of min-SNR weighting (5 in the paper).
+    space: "prediction" measures the error of the prediction itself; "x0" the error of the x_0 it implies, so
+    that every noise level counts in the data's units (with v prediction: the x_0 denoiser
+    a z_t - s F(z_t), which copies its input at low noise, trained with x_0's loss). Since the implied x_0 is
+    affine in the prediction, this is the prediction's loss weighted by `x0_error_scale` (squared for L2).
+    min_snr_gamma: None for uniform weighting, else the gamma of min-SNR weighting (5 in the paper): the x_0
+    loss weighted by min(SNR, gamma), in whichever space it is measured.
     """
+    if space not in LOSS_SPACES:
+        raise ValueError(f"loss space={space!r} is not supported; allowed: {', '.join(LOSS_SPACES)}")
     target = training_target(schedule, x0.astype(jnp.float32), noise.astype(jnp.float32), t)
-    weights = None if min_snr_gamma is None else min_snr_weights(schedule, t, min_snr_gamma)
+    weights = None
+    if space == "x0":
+        weights = x0_error_scale(schedule, t) ** (1 if norm == "l1" else 2)
+        if min_snr_gamma is not None:
+            weights = weights * jnp.minimum(snr(schedule, t), min_snr_gamma)
+    elif min_snr_gamma is not None:
+        weights = min_snr_weights(schedule, t, min_snr_gamma)
     return noise_loss(prediction, target, norm=norm, weights=weights)
