@@ -61,7 +61,8 @@ def build_unets(directory: str):
 
 
 def jax_sampler(flax_unet, sampler, kwargs, num_steps, x_T, context):
-    """(run, compile seconds, final latent): the compiled sampler on (x_T, context), blocking."""
+    """(run, compile seconds, final latent, the compiled executable): the compiled sampler on (x_T, context),
+    blocking."""
     graphdef, state = nnx.split(flax_unet)
     schedule = make_schedule(**SD_SCHEDULE)
 
@@ -74,7 +75,7 @@ def jax_sampler(flax_unet, sampler, kwargs, num_steps, x_T, context):
     compiled = sample.lower(state, x_T, context).compile()
     compile_seconds = time.perf_counter() - start
     result = compiled(state, x_T, context).block_until_ready()
-    return lambda: compiled(state, x_T, context).block_until_ready(), compile_seconds, np.asarray(result)
+    return lambda: compiled(state, x_T, context).block_until_ready(), compile_seconds, np.asarray(result), compiled
 
 
 def torch_sampler(torch_unet, scheduler, num_steps, x_T, context):
@@ -112,7 +113,7 @@ def main():
     print(f"{'sampler':<8} {'steps':>5} {'JAX s':>20} {'compile s':>10} {'PyTorch s':>20} {'JAX/PyTorch':>12} "
           f"{'max |diff|':>11}")
     for name, (sampler, kwargs, scheduler, num_steps) in SAMPLERS.items():
-        jax_run, compile_seconds, ours = jax_sampler(flax_unet, sampler, kwargs, num_steps, jnp.asarray(x_T),
+        jax_run, compile_seconds, ours, _ = jax_sampler(flax_unet, sampler, kwargs, num_steps, jnp.asarray(x_T),
                                                      jnp.asarray(context))
         torch_run, theirs = torch_sampler(torch_unet, scheduler, num_steps,
                                           torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy()), torch.from_numpy(context))

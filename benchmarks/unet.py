@@ -96,8 +96,8 @@ def flax_unet_like(torch_unet: torch.nn.Module, config: dict, dtype, attention: 
 
 
 def jax_step(model: UNet2DConditionModel, batch: dict):
-    """(compile seconds, step, FLOPs per step, XLA memory analysis) of a jitted forward + backward + Adam
-    step."""
+    """(compile seconds, step, FLOPs per step, XLA memory analysis, the compiled executable) of a jitted
+    forward + backward + Adam step."""
     graphdef, params = nnx.split(model, nnx.Param)
     optimizer = optax.adam(LEARNING_RATE)
 
@@ -123,7 +123,7 @@ def jax_step(model: UNet2DConditionModel, batch: dict):
         state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], batch)
         loss.block_until_ready()
 
-    return compile_seconds, step, flops, memory
+    return compile_seconds, step, flops, memory, compiled
 
 
 def main():
@@ -163,7 +163,7 @@ def main():
         model = flax_unet_like(torch_unet, config, jnp.dtype(args.dtype), args.attention, args.remat)
         if not together:
             del torch_unet
-        compile_seconds, step, flops, memory = jax_step(model, batch)
+        compile_seconds, step, flops, memory, _ = jax_step(model, batch)
         if together:
             torch_timed, release = torch_step(torch_unet, batch)
             seconds = timing.interleaved({"jax": step, "pytorch": torch_timed}, args.steps)

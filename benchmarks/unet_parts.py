@@ -2,7 +2,7 @@
 
 The U-Net of `benchmarks/sampling.py` (same random weights on both sides through our interop), batch 2 at
 32x32x4 latents, forward only (PyTorch under `torch.inference_mode()`): each row times one part on the input
-shape it sees inside the U-Net — the whole forward, conv_in, the first ResNet block and the first
+shape it sees inside the U-Net — the whole forward, conv_in, the first ResNet block's GroupNorm + SiLU, that block and the first
 Transformer2DModel (self- and cross-attention over 1024 tokens) at 32x32, the second level's ResNet block at
 16x16, the mid block — JAX (one jitted call of the part) and PyTorch interleaved (benchmarks/timing.py), median
 (min-max) of --repeats calls, and the sampler rows: a DDIM-50 run per step against one forward, which is the
@@ -69,6 +69,10 @@ def main() -> None:
         "U-Net forward": (_jax_call(flax_unet, J(z), J(t), J(context)),
                           _torch_call(torch_unet, _nchw(z), T(t), encoder_hidden_states=T(context))),
         "conv_in 3x3 (4 -> 32 ch)": (_jax_call(flax_unet.conv_in, J(z)), _torch_call(torch_unet.conv_in, _nchw(z))),
+        "GroupNorm + SiLU (32 ch, 32x32)": (
+            _jax_call(nnx.Sequential(flax_unet.down_blocks[0].resnets[0].norm1, jax.nn.silu), J(hidden[0])),
+            _torch_call(torch.nn.Sequential(torch_unet.down_blocks[0].resnets[0].norm1, torch.nn.SiLU()),
+                        _nchw(hidden[0]))),
         "down 0 ResNet (32 ch, 32x32)": (
             _jax_call(flax_unet.down_blocks[0].resnets[0], J(hidden[0]), J(temb)),
             _torch_call(torch_unet.down_blocks[0].resnets[0], _nchw(hidden[0]), T(temb))),
@@ -97,7 +101,7 @@ def main() -> None:
               f"{timing.median(seconds['jax']) / timing.median(seconds['pytorch']):.2f} |")
 
     sampler, kwargs, scheduler, num_steps = SAMPLERS["DDIM"]
-    jax_run, _, _ = jax_sampler(flax_unet, sampler, kwargs, num_steps, J(z), J(context))
+    jax_run, _, _, _ = jax_sampler(flax_unet, sampler, kwargs, num_steps, J(z), J(context))
     torch_run, _ = torch_sampler(torch_unet, scheduler, num_steps, _nchw(z), T(context))
     seconds = timing.interleaved({"jax": jax_run, "pytorch": torch_run}, 3)
     for side in ("jax", "pytorch"):

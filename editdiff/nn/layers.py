@@ -50,10 +50,47 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, *, stride: int
                 dtype=dtype, rngs=rngs)
 
 
-def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    """torch.nn.GroupNorm(groups, channels, eps) over the last axis; statistics in float32 whatever `dtype`."""
-    # The two-pass variance (E[(x - mean)^2]) matches torch to float32 rounding; the fast one-pass form does not.
-    return nnx.GroupNorm(channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+class GroupNorm(nnx.Module):
+    """torch.nn.GroupNorm(groups, channels, eps) over the last axis of (B, ..., C): each example's channels in
+    `groups` groups of C / groups, each group normalised by its mean and variance over the other axes and its
+    channels, then a per-channel `scale` and `bias` (nnx.GroupNorm's parameters and names). Statistics in
+    float32 whatever `dtype`, the output's dtype.
+
+    The variance is the two-pass E[(x - mean)^2], which matches torch to float32 rounding (the one-pass
+    E[x^2] - mean^2 does not). Both statistics are per-channel means over the other axes first, then means over
+    each group's channels: XLA:CPU reduces (B, N, C) over N, the contiguous channels kept, far faster than
+    straight to (B, groups) over strided axes as nnx.GroupNorm does. In a DDIM-50 run of the tiny U-Net
+    (`python -m benchmarks.profile --workload sampling`) the GroupNorm reductions took 116-142 ms in nnx.GroupNorm's
+    form (7% of the run) and 38 ms in this one (benchmarks/RESULTS.md, issue 15).
+    """
+
+    def __init__(self, channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        if channels % groups:
+            raise ValueError(f"GroupNorm: {channels} channels do not split into {groups} groups")
+        del rngs  # the parameters start at ones and zeros, as torch's
+        self.groups, self.eps, self.dtype = groups, eps, dtype
+        self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, channels = x.shape[0], x.shape[-1]
+        per_group = channels // self.groups
+        tokens = x.astype(jnp.float32).reshape(batch, -1, channels)  # (B, N, C)
+
+        def group_mean_per_channel(values: jax.Array) -> jax.Array:
+            """(B, N, C) -> (B, 1, C): each channel's group's mean over N and the group's channels."""
+            group_means = jnp.mean(values, axis=1).reshape(batch, self.groups, per_group).mean(axis=-1)
+            return jnp.repeat(group_means, per_group, axis=-1)[:, None, :]
+
+        centred = tokens - group_mean_per_channel(tokens)
+        normalised = centred * lax.rsqrt(group_mean_per_channel(jnp.square(centred)) + self.eps)
+        out = normalised * self.scale[...] + self.bias[...]
+        return out.reshape(x.shape).astype(self.dtype)
+
+
+def group_norm(channels: int, *, groups: int, eps: float, dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> GroupNorm:
+    """torch.nn.GroupNorm(groups, channels, eps) over the last axis (GroupNorm)."""
+    return GroupNorm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
 
 
 # On the CPU, the attention's backward pass over query chunks of this many (when more and a multiple): see
