@@ -189,6 +189,29 @@ def test_edit_answers_a_query_under_the_users_pair_and_the_export_reproduces_the
     assert os.path.isfile(os.path.join(tmp_path, "export", "controlnet", "config.json"))
 
 
+def test_query_strength_starts_the_sampler_from_the_grid_with_the_query_in_the_answers_place(base, monkeypatch):
+    blocks = jnp.array([[1.0, 2.0], [3.0, 0.0]]).repeat(2, 0).repeat(2, 1)[None, :, :, None]  # (1, 4, 4, 1)
+    np.testing.assert_array_equal(vp.query_start(blocks)[0, :, :, 0],
+                                  np.array([[1.0, 2.0], [3.0, 3.0]]).repeat(2, 0).repeat(2, 1))
+    config = tiny(base)
+    config.sampler.query_strength = 0.5
+    method = vp.VisualPromptMethod(config)
+    model = initial_model(method)
+    batch = first_batch(method)
+    seen = {}
+
+    def sampler(denoise, schedule, x_T, key, **settings):
+        seen.update(settings)
+        return settings["init_latent"]
+
+    monkeypatch.setattr(vp.samplers, "sampler_by_name", lambda name: sampler)
+    answers = vp.draw_answers(model, method.schedule, config.sampler, "grid", batch, jax.random.key(0))
+    assert seen["strength"] == 0.5
+    np.testing.assert_array_equal(seen["init_latent"], vp.query_start(model.encode(batch["hint"])))
+    # The start decoded: its answer cell is the query cell (the patch autoencoder is exact).
+    np.testing.assert_allclose(answers, batch["query"], atol=1e-5)
+
+
 def test_bad_input_is_a_clear_error_before_anything_compiles(base, tmp_path):
     config = tiny(base)
     config.data.cell_size = 17  # not a multiple of the patch autoencoder's factor 2
@@ -211,6 +234,11 @@ def test_bad_input_is_a_clear_error_before_anything_compiles(base, tmp_path):
     config = tiny(base)
     config.data.tasks = ("segmentation",)  # needs a labelled source
     with pytest.raises(ConfigError, match="labelled_folder source"):
+        validate_config(config, vp.VisualPromptMethod)
+    config = tiny(base)
+    config.sampler.query_strength = 0.4  # keeps no step of the tiny preset's two
+    with pytest.raises(ConfigError, match=r"config.sampler.query_strength = 0.4 is invalid; allowed: at least 1 / "
+                                          r"config.sampler.num_steps = 0.5"):
         validate_config(config, vp.VisualPromptMethod)
     config = tiny(base)
     config.visual_prompt.layout = "side_by_side"

@@ -46,7 +46,7 @@ from editdiff import config_checks as checks
 from editdiff.diffusion.losses import LOSS_NORMS, LOSS_SPACES
 from editdiff.diffusion.samplers import SAMPLERS, TIMESTEP_GRIDS
 from editdiff.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES
-from editdiff.diffusion.timesteps import INVERSION_SPACINGS, SPACINGS, inversion_timesteps
+from editdiff.diffusion.timesteps import INVERSION_SPACINGS, SPACINGS, first_step_for_strength, inversion_timesteps
 
 
 def default_diffusion_config() -> ml_collections.ConfigDict:
@@ -109,14 +109,20 @@ def diffusion_section(prefix: str = "diffusion") -> checks.Section:
 
 
 def sampler_section(
-    prefix: str = "sampler", diffusion_prefix: str = "diffusion", *, inversion: bool = False
+    prefix: str = "sampler", diffusion_prefix: str = "diffusion", *, inversion: bool = False,
+    start_strength: str | None = None,
 ) -> checks.Section:
     """The checks of `config.PREFIX` (closed), with the cross-key rules against the schedule at
     `config.DIFFUSION_PREFIX` (run once both sections' own checks pass). With `inversion`, the section also
-    holds `fixed_point_iterations` and its spacing must be one DDIM inversion has (leading, trailing)."""
+    holds `fixed_point_iterations` and its spacing must be one DDIM inversion has (leading, trailing). With
+    `start_strength`, the section also holds that key: a method's SDEdit start, in (0, 1] — the sampler starts
+    from a clean latent the method chooses, re-noised so that the last int(num_steps * strength) steps run
+    (1: from pure noise) — and it must keep at least one step."""
     table = dict(_SAMPLER_CHECKS)
     if inversion:
         table |= {"spacing": checks.one_of(INVERSION_SPACINGS), "fixed_point_iterations": checks.int_at_least(0)}
+    if start_strength:
+        table[start_strength] = ((lambda v: checks.is_number(v) and 0 < v <= 1), "a number in (0, 1]")
 
     def rule(config: ml_collections.ConfigDict) -> list[str]:
         if diffusion_section(diffusion_prefix).problems(config):
@@ -124,7 +130,18 @@ def sampler_section(
         return _grid_problems(checks.lookup(config, prefix), checks.lookup(config, diffusion_prefix),
                               f"config.{prefix}", f"config.{diffusion_prefix}", inversion)
 
-    return checks.Section(prefix, table, rules=(rule,))
+    def kept_steps(config: ml_collections.ConfigDict) -> list[str]:
+        sampler = checks.lookup(config, prefix)
+        strength = sampler[start_strength]
+        try:
+            first_step_for_strength(sampler.num_steps, strength)
+        except ValueError:  # the strength keeps no step of the grid
+            return [f"config.{prefix}.{start_strength} = {strength!r} is invalid; allowed: at least 1 / "
+                    f"config.{prefix}.num_steps = {1 / sampler.num_steps:g} (it would run no step of "
+                    f"{sampler.num_steps})"]
+        return []
+
+    return checks.Section(prefix, table, rules=(rule, kept_steps) if start_strength else (rule,))
 
 
 def _grid_problems(sampler, diffusion, s: str, d: str, inversion: bool) -> list[str]:

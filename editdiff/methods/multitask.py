@@ -35,7 +35,6 @@ from editdiff.diffusion.config import (diffusers_scheduler_config, diffusion_sec
 from editdiff.diffusion.losses import diffusion_loss, sample_timesteps
 from editdiff.diffusion.parameterisation import q_sample
 from editdiff.diffusion.schedules import schedule_from_config
-from editdiff.diffusion.timesteps import first_step_for_strength
 from editdiff.heads.mapping import MappingNetwork
 from editdiff.methods import latents as latents_lib
 from editdiff.methods import multitask_edit
@@ -119,25 +118,6 @@ def _model_rules(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(f"config.data.crop_size = {config.data.crop_size} is invalid; allowed: a multiple of "
                         f"the autoencoder's downsampling factor {factor}")
     return problems
-
-
-def _sampler_section() -> checks.Section:
-    """The shared sampler section plus source_strength in (0, 1]: the sampler's start, the source re-noised so
-    that the last int(num_steps * source_strength) steps run (1: from pure noise, the paper's)."""
-    shared = sampler_section()
-    strength = ((lambda v: checks.is_number(v) and 0 < v <= 1), "a number in (0, 1]")
-
-    def kept_steps(config: ml_collections.ConfigDict) -> list[str]:
-        s = config.sampler
-        try:
-            first_step_for_strength(s.num_steps, s.source_strength)
-        except ValueError:  # the strength keeps no step of the grid
-            return [f"config.sampler.source_strength = {s.source_strength!r} is invalid; allowed: at least "
-                    f"1 / config.sampler.num_steps = {1 / s.num_steps:g} (it would run no step of {s.num_steps})"]
-        return []
-
-    return checks.Section("sampler", {**shared.checks, "source_strength": strength},
-                          rules=(*shared.rules, kept_steps))
 
 
 def _vae_config(config: ml_collections.ConfigDict):
@@ -341,7 +321,8 @@ class MultitaskMethod(Method):
             checks.Section("model.unet", {key: checks.ANY for key in _UNET_KEYS}, rules=(_unet_rule,),
                            optional=_UNET_KEYS),
             diffusion_section(),
-            _sampler_section(),
+            # source_strength: the start, the source re-noised (MultitaskModel.start_latent; 1 = pure noise, the paper's)
+            sampler_section(start_strength="source_strength"),
             *checks.closed_like("data", default_data_config(), rules=(lambda c: data_problems(c.data),)),
             pretrained_section(),
             multitask_edit.edit_section(),

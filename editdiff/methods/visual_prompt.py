@@ -107,9 +107,10 @@ def default_visual_prompt_config() -> ml_collections.ConfigDict:
 
 
 def visual_prompt_sampler_config() -> ml_collections.ConfigDict:
-    """`config.sampler`: DDIM 50 steps with known-region blending of the grid's three known cells."""
+    """`config.sampler`: DDIM 50 steps with known-region blending of the grid's three known cells, from pure
+    noise; `query_strength` < 1 starts the answer from the query instead (`query_start`, SDEdit)."""
     config = default_sampler_config()
-    config.update(name="ddim", num_steps=50, blend_known_region=True)
+    config.update(name="ddim", num_steps=50, blend_known_region=True, query_strength=1.0)
     return config
 
 
@@ -207,6 +208,13 @@ def known_cells_mask(latents: jax.Array) -> jax.Array:
     return mask.at[:, height:, width:].set(0.0)
 
 
+def query_start(known: jax.Array) -> jax.Array:
+    """The grid latent (B, 2h, 2w, C) with the query's block copied into the answer's: the clean start of an
+    SDEdit sampler (config.sampler.query_strength < 1), which then draws the answer as a change of the query."""
+    height, width = known.shape[1] // 2, known.shape[2] // 2
+    return known.at[:, height:, width:].set(known[:, height:, :width])
+
+
 def task_consistency_loss(answer: jax.Array, query: jax.Array, reference_output: jax.Array,
                           reference_input: jax.Array) -> jax.Array:
     """L_TC = 1 - cos(phi(y^) - phi(x_q), phi(y_r) - phi(x_r)) per example, (B,), from the four embeddings
@@ -263,7 +271,9 @@ def hints(layout: str, cells: Batch) -> tuple[jax.Array, jax.Array | None]:
 def draw_answers(model: VisualPromptModel, schedule, sampler_config: ml_collections.ConfigDict, layout: str,
                  cells: Batch, key: jax.Array) -> jax.Array:
     """Answers (B, c, c, 3) in [-1, 1] for the cells' prompts (`hint` too in the grid layout): the sampler of
-    `sampler_config` from noise drawn with `key`, the grid's known cells blended in when configured."""
+    `sampler_config` from noise drawn with `key` (or, with query_strength < 1, from the query re-noised: the
+    grid's `query_start`, the query's own latent in the separate layout), the grid's known cells blended in
+    when configured."""
     context = model.context(*(cells[name] for name in CELLS))
     hint, query_hint = hints(layout, cells)
     settings = sampler_settings(sampler_config)
@@ -271,10 +281,12 @@ def draw_answers(model: VisualPromptModel, schedule, sampler_config: ml_collecti
         known = model.encode(hint)  # the answer block is masked out of the blend: the grey fill never shows
         if sampler_config.blend_known_region:
             settings |= dict(known_latent=known, known_mask=known_cells_mask(known))
-        shape = known.shape
+        start = query_start(known)
     else:
-        shape = model.encode(cells["query"]).shape
-    noise = jax.random.normal(key, shape, jnp.float32)
+        start = model.encode(cells["query"])
+    if sampler_config.query_strength < 1.0:
+        settings |= dict(init_latent=start, strength=sampler_config.query_strength)
+    noise = jax.random.normal(key, start.shape, jnp.float32)
     sampler = samplers.sampler_by_name(sampler_config.name)
     latents = sampler(lambda z, t: model.prediction(z, t, context, hint, query_hint), schedule, noise,
                       jax.random.fold_in(key, 1), **settings)
@@ -296,8 +308,8 @@ class VisualPromptMethod(Method):
 
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
-        sections = [checks.Section("visual_prompt", _VISUAL_PROMPT_CHECKS), diffusion_section(), sampler_section(),
-                    *data.visual_data_sections(), pretrained_section(),
+        sections = [checks.Section("visual_prompt", _VISUAL_PROMPT_CHECKS), diffusion_section(),
+                    sampler_section(start_strength="query_strength"), *data.visual_data_sections(), pretrained_section(),
                     checks.Section("edit", _EDIT_CHECKS, closed=False, rules=(_edit_rule,))]
         if any(s.problems(config) for s in sections):
             return sections
