@@ -12,9 +12,10 @@ from. Presets after the colon, modifiers after commas (`configs/ldm.py:sd15,unco
 
       Expect: `runs/ldm/samples/step_NNNNNNN.png` (4 x 4 samples, each row after a training crop) at steps 400
       and 800, and `runs/ldm/export/` with unet/, scheduler/, null_context/ and ldm.json, which
-      `config.pretrained.root` of the rectifier and plugin demos accepts. Measured 2026-12-01 on an idle
-      2-core machine (load 0.73 at start): training 8 min 37 s wall (1.93 steps/s over steps 50-800, final
-      loss 0.108); export 32 s, its check of the diffusers U-Net against the JAX one: max abs error 1.3e-6.
+      `config.pretrained.root` of the rectifier and plugin demos accepts. Measured 2026-12-06 on an idle
+      2-core machine: training and export 5 min 11 s wall (3.2-5.0 steps/s), the export's check of the
+      diffusers U-Net against the JAX one: max abs error 1.2e-6 (2026-12-01, before the GroupNorm and
+      convolution speed-ups: training 8 min 37 s at 1.93 steps/s, final loss 0.108).
       The samples at step 800 are blurry thumbnails of the training photos (the orange retina disc, the
       astronaut, the stained cells, the dark starry one): a base that has memorised its seven photos, not a
       general image model. (With epsilon or v prediction the same budget gives colour noise.)

@@ -23,22 +23,35 @@ CLIP task-arithmetic context and phi = CLIP for the task-consistency loss; needs
       photos each; deraining and contrast marked OOD), arms model, copy-query (the query returned unchanged)
       and shuffled-prompt (the query with another task's pair), each task's metrics of the paper's table
       (eval/visual_prompt_scores.py); runs/visual_prompt/tasks/step_0001500.png, a row per task. Measured
-      2026-12-02 on the 2-core machine, nothing else running: 18 min 40 s wall (train step compiled in 30 s,
-      1.4-1.9 steps/s, the table ~3 min), noise loss 0.20 -> 0.11, consistency loss 0.88 -> 0.83; main metric
-      per task, model / copy-query / shuffled-prompt:
+      2026-12-06 on the 2-core machine, nothing else running: 6 min 40 s wall (train step compiled in 15 s,
+      4.9-5.6 steps/s, the table ~1.5 min; the base's training and export before it 5 min 11 s), noise loss
+      0.20 -> 0.11, consistency loss 0.89 -> 0.77; main metric per task, model / copy-query / shuffled-prompt:
 
-        inpainting SSIM      0.345 / 0.655 / 0.320     super-resolution PSNR  16.54 / 19.29 / 16.55
-        colourisation MSE    0.0255 / 0.0295 / 0.110   deblurring PSNR        16.76 / 25.39 / 16.79
-        edges F1             0.000 / 0.314 / 0.301     denoising PSNR         16.81 / 17.97 / 16.76
-        deraining (OOD) PSNR 16.73 / 46.11 / 16.66     contrast (OOD) PSNR    16.16 / 22.24 / 15.99
+        inpainting SSIM      0.333 / 0.655 / 0.301     super-resolution PSNR  16.35 / 19.29 / 16.31
+        colourisation MSE    0.0276 / 0.0295 / 0.0894  deblurring PSNR        16.37 / 25.39 / 16.35
+        edges F1             0.007 / 0.314 / 0.309     denoising PSNR         16.61 / 17.97 / 16.62
+        deraining (OOD) PSNR 16.68 / 46.11 / 16.51     contrast (OOD) PSNR    15.77 / 22.24 / 15.95
 
       The model beats copy-query only on colourisation: its answers carry the query's colours and layout but
-      blurred (~16.5 dB whatever the task), as this base (seven memorised thumbnails) draws a held-out crop no
-      better; the prompt matters where the answer's colours differ from the query's (colourisation: a wrong pair
-      gives 4x the error; inpainting), not for the restorations. `,separate` on the same data (faster: its U-Net
-      denoises a 16 px answer, not a 32 px grid; its wall time is not quoted, a short job shared its first
-      minute) ends in the same place: inpainting SSIM 0.453, colourisation MSE 0.0266, edges F1 0.089,
-      super-resolution / deblurring / denoising PSNR 16.36 / 16.48 / 16.36; a shuffled prompt again hurts
+      blurred (~16.5 dB whatever the task); the prompt matters where the answer's colours differ from the
+      query's (colourisation: a wrong pair gives 3x the error; inpainting), not for the restorations. The limit
+      is the frozen base, not the sampler: `--mode=eval --config.sampler.query_strength=S` on this run (the
+      answer drawn as an SDEdit change of the query, the last int(20 S) steps) gives, for S = 0.5 / 0.3 / 0.1,
+      deblurring PSNR 16.55 / 16.82 / 17.48 against copy-query's 25.39, denoising 16.78 / 17.02 / 17.60 (17.97),
+      colourisation MSE 0.0270 / 0.0261 / 0.0249: even two steps from the nearly clean query lose 8 dB of the
+      query's own deblurring score, as this base (seven memorised thumbnails) does not redraw a held-out crop.
+      A base trained on 16 px crops instead of whole thumbnails (`python main.py --config configs/ldm.py
+      --workdir runs/ldm16 --config.data.crop_size=16 --config.data.resize_short_side=32
+      --config.data.batch_size=32 --config.train.num_steps=1200`, its export as --config.pretrained.root; 5 min
+      29 s, this run 6 min 35 s) is worse from noise (deblurring 15.25, denoising 15.51) and at S = 0.1 beats
+      copy-query on colourisation (0.0199 vs 0.0295) and denoising (PSNR 18.01 vs 17.97, SSIM 0.594 vs 0.582),
+      comes close on edges (F1 0.307 vs 0.314), and stays behind on inpainting, super-resolution and deblurring
+      (SSIM 0.518 vs 0.655, 17.19 vs 19.29, 18.05 vs 25.39 dB); the shuffled prompt is worse than the right one
+      on five tasks of six there, by little: the re-noised query fixes most of the answer. The preset keeps
+      S = 1 (GENIE's sampler). On 2026-12-02 (before the GroupNorm and convolution speed-ups) the same preset
+      took 18 min 40 s and scored within 0.4 dB, 0.002 MSE and 0.012 SSIM of the figures above; `,separate` on the same data ended in
+      the same place: inpainting SSIM 0.453, colourisation MSE 0.0266, edges F1 0.089, super-resolution /
+      deblurring / denoising PSNR 16.36 / 16.48 / 16.36; a shuffled prompt again hurt
       colourisation only (0.111). With SD-1.5 (`sd15`) the base is a general image model. Then the user's
       command and the export:
 
