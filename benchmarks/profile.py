@@ -6,15 +6,16 @@ profiled in JAX (XLA:CPU) and in PyTorch, the top operations of each side in one
 - sampling: `benchmarks.sampling`'s U-Net (32x32 latents, batch 2) in DDIM-50, the scan-compiled sampler against
   diffusers' loop.
 
-JAX: a `jax.profiler` trace of --iterations calls after as many warm-up calls (at least 3); every XLA:CPU thunk the trace records is
-summed per HLO instruction of the compiled module (self time: a control-flow thunk such as the sampler's while
-loop is charged only what its body's thunks do not account for) and named from the optimised HLO — the
-instruction's kind, the operations a fusion holds (convolution, dot, reduce, ...), its output shape, and the
-JAX operation it came from (the HLO metadata's op_name, shortened); instructions of the same kind and output
-shape share a row, their calls counted. PyTorch: `torch.profiler` over the same
-number of iterations (warmed up alike), its operators' self CPU time. Times are milliseconds per iteration; the share is of each
-side's summed self time (on two threads, thunks may overlap, so the sum can exceed the wall time printed
-beside it). The load average is printed, and a load above --max_load refuses to run (benchmarks/timing.py).
+JAX: a `jax.profiler` trace of --iterations calls after as many warm-up calls (at least 3); every XLA:CPU thunk
+the trace records is summed per HLO instruction of the compiled module (self time: a control-flow thunk such as
+the sampler's while loop is charged only what its body's thunks do not account for) and named from the
+optimised HLO — the instruction's kind, the operations a fusion holds (convolution, dot, reduce, ...), its
+output shape, and the JAX operation it came from (the HLO metadata's op_name, shortened); instructions of the
+same kind and output shape share a row, their calls counted. PyTorch: `torch.profiler` over the same number of
+iterations (warmed up alike), its operators' self CPU time. Times are milliseconds per iteration; the share is
+of each side's summed self time (on two threads, thunks may overlap, so the sum can exceed the wall time
+printed beside it). The load average is printed, and a load above --max_load refuses to run
+(benchmarks/timing.py).
 
     python -m benchmarks.profile                           # both workloads, the top 15 of each side
     python -m benchmarks.profile --workload sampling --top 25
@@ -45,7 +46,6 @@ from benchmarks.unet import CONFIGS, flax_unet_like, jax_step, make_batch, torch
 _TELLING_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "exponential", "log",
                 "tanh", "logistic", "rsqrt", "sqrt", "divide", "power", "erf", "sine", "cosine", "scatter", "gather",
                 "dynamic-slice", "dynamic-update-slice", "concatenate", "pad", "slice", "transpose", "sort")
-_CONTROL_FLOW = ("while", "conditional", "call")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>\S+) = (?P<type>.+?) (?P<op>[a-z][\w-]*)\((?P<rest>.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(?P<name>\S+) \(.*\{$")
 

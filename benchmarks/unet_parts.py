@@ -2,11 +2,12 @@
 
 The U-Net of `benchmarks/sampling.py` (same random weights on both sides through our interop), batch 2 at
 32x32x4 latents, forward only (PyTorch under `torch.inference_mode()`): each row times one part on the input
-shape it sees inside the U-Net — the whole forward, conv_in, the first ResNet block's GroupNorm + SiLU, that block and the first
-Transformer2DModel (self- and cross-attention over 1024 tokens) at 32x32, the second level's ResNet block at
-16x16, the mid block — JAX (one jitted call of the part) and PyTorch interleaved (benchmarks/timing.py), median
-(min-max) of --repeats calls, and the sampler rows: a DDIM-50 run per step against one forward, which is the
-scan's and the scheduler's cost per step.
+shape it sees inside the U-Net — the whole forward, conv_in, the first ResNet block's GroupNorm + SiLU, that
+block and the first Transformer2DModel (self- and cross-attention over 1024 tokens) at 32x32, the second level's
+ResNet block at 16x16, the mid block — JAX (one jitted call of the part, its dispatch included: small parts
+are dominated by it) and PyTorch interleaved (benchmarks/timing.py), median (min-max) of --repeats calls, and
+the sampler rows: a DDIM-50 run per step against one forward, which is the scan's and the scheduler's cost per
+step. `python -m benchmarks.profile` has the operations' times inside the compiled programs.
 
     python -m benchmarks.unet_parts
 """

@@ -49,9 +49,9 @@ CLIP task-arithmetic context and phi = CLIP for the task-consistency loss; needs
       (SSIM 0.518 vs 0.655, 17.19 vs 19.29, 18.05 vs 25.39 dB); the shuffled prompt is worse than the right one
       on five tasks of six there, by little: the re-noised query fixes most of the answer. The preset keeps
       S = 1 (GENIE's sampler). On 2026-12-02 (before the GroupNorm and convolution speed-ups) the same preset
-      took 18 min 40 s and scored within 0.4 dB, 0.002 MSE and 0.012 SSIM of the figures above; `,separate` on the same data ended in
-      the same place: inpainting SSIM 0.453, colourisation MSE 0.0266, edges F1 0.089, super-resolution /
-      deblurring / denoising PSNR 16.36 / 16.48 / 16.36; a shuffled prompt again hurt
+      took 18 min 40 s and scored within 0.4 dB, 0.002 MSE and 0.012 SSIM of the figures above; `,separate`
+      on the same data ended in the same place: inpainting SSIM 0.453, colourisation MSE 0.0266, edges F1
+      0.089, super-resolution / deblurring / denoising PSNR 16.36 / 16.48 / 16.36; a shuffled prompt again hurt
       colourisation only (0.111). With SD-1.5 (`sd15`) the base is a general image model. Then the user's
       command and the export:
 

@@ -309,7 +309,8 @@ class VisualPromptMethod(Method):
     @classmethod
     def config_sections(cls, config: ml_collections.ConfigDict) -> list[checks.Section]:
         sections = [checks.Section("visual_prompt", _VISUAL_PROMPT_CHECKS), diffusion_section(),
-                    sampler_section(start_strength="query_strength"), *data.visual_data_sections(), pretrained_section(),
+                    sampler_section(start_strength="query_strength"), *data.visual_data_sections(),
+                    pretrained_section(),
                     checks.Section("edit", _EDIT_CHECKS, closed=False, rules=(_edit_rule,))]
         if any(s.problems(config) for s in sections):
             return sections
